@@ -1,0 +1,160 @@
+"""The Sanic application: blueprints, settings and the listeners that own the shared state.
+
+`sanic bifrost.app` serves the module-level `app`; tests and embedders call `create_app`.
+Nothing stateful happens at import, because Sanic imports this module afresh in each worker:
+the registry, the broker and the reaper are created when a worker's server starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import NoReturn
+
+import orjson
+from sanic import Sanic
+
+from bifrost.blueprints import all_blueprints
+from bifrost.broker import Broker, LocalBroker
+from bifrost.connection import Subscriber
+from bifrost.devmode import first_steps
+from bifrost.errors import JSONErrorHandler
+from bifrost.logs import configure_logging
+from bifrost.protocol import SERVICE_RESTART
+from bifrost.reaper import reap_idle_sockets
+from bifrost.registry import ChannelRegistry
+from bifrost.service import Service, service_of
+from bifrost.settings import (
+    RECOMMENDED_SECRET_LENGTH,
+    Settings,
+    SettingsError,
+    load_settings,
+    read_environment,
+    with_checked_secret,
+)
+from bifrost.tokens import TokenVerifier
+
+__all__ = ["app", "create_app"]
+
+logger = logging.getLogger("bifrost")
+
+REAPER_TASK = "bifrost-reaper"
+TOKEN_OVERHEAD_BYTES = 16 * 1024
+
+
+def create_app(settings: Settings | None = None, name: str = "bifrost") -> Sanic:
+    """Build the application from `settings`, or from the environment and `.env` when None."""
+    configure_logging()
+    app = Sanic(name, dumps=orjson.dumps, loads=orjson.loads, error_handler=JSONErrorHandler())
+    app.ctx.settings = settings or load_settings(read_environment())
+    _configure_sanic(app, app.ctx.settings)
+    app.blueprint(all_blueprints)
+    app.main_process_start(check_start_up)
+    app.before_server_start(open_service)
+    app.before_server_stop(close_service)
+    return app
+
+
+def _configure_sanic(app: Sanic, settings: Settings) -> None:
+    """Hand Sanic the limits it enforces itself, and turn off its per-socket keepalive task."""
+    app.config.update(
+        {
+            "WEBSOCKET_MAX_SIZE": settings.max_frame_bytes,
+            "WEBSOCKET_PING_INTERVAL": None,
+            "WEBSOCKET_PING_TIMEOUT": None,
+            # A token carries its message in base64, a third larger than the JSON; any body
+            # beyond twice the message limit holds a message over it.
+            "REQUEST_MAX_SIZE": 2 * settings.max_message_bytes + TOKEN_OVERHEAD_BYTES,
+        }
+    )
+
+
+async def check_start_up(app: Sanic) -> None:
+    """Refuse a wrong configuration in the main process, before any worker is spawned.
+
+    A throwaway development secret is made here and put in the environment, which the
+    workers inherit, so that every worker and every auto-reload accepts the same tokens.
+    """
+    settings = _checked_settings(app)
+    if app.state.workers > 1 and not settings.redis_url:
+        _refuse_start(
+            f"{app.state.workers} workers need a broker between them: set BIFROST_REDIS_URL "
+            "(e.g. redis://127.0.0.1:6379/0) or run one worker"
+        )
+    if settings.secret_is_throwaway:
+        os.environ["JWT_SECRET"] = settings.jwt_secret
+
+
+async def open_service(app: Sanic) -> None:
+    """Create this worker's registry, broker and token rules, and start its reaper."""
+    settings = _checked_settings(app)
+    registry: ChannelRegistry[Subscriber] = ChannelRegistry()
+    broker = _make_broker(settings, registry)
+    await broker.start()
+    verifier = TokenVerifier(
+        settings.jwt_secret,
+        algorithms=settings.jwt_algorithms,
+        require_exp=settings.require_exp,
+        max_channels=settings.max_channels,
+    )
+    app.ctx.service = Service(settings, registry, broker, verifier)
+    app.add_task(reap_idle_sockets(registry, settings), name=REAPER_TASK)
+
+
+def _checked_settings(app: Sanic) -> Settings:
+    """The settings with their secret checked for the run mode, said once in the log.
+
+    Runs in the main process and again in each worker, which imports the module afresh
+    (with `--single-process` only the latter happens).
+    """
+    settings: Settings = app.ctx.settings
+    if getattr(app.ctx, "settings_checked", False):
+        return settings
+    try:
+        settings = with_checked_secret(settings, development=app.state.is_debug)
+    except SettingsError as error:
+        _refuse_start(str(error))
+    if settings.secret_is_throwaway:
+        logger.warning(first_steps(settings, _base_url(app)))
+    elif len(settings.jwt_secret) < RECOMMENDED_SECRET_LENGTH:
+        logger.warning(
+            "JWT_SECRET has %d characters; %d or more are recommended for HS512",
+            len(settings.jwt_secret),
+            RECOMMENDED_SECRET_LENGTH,
+        )
+    logger.info("bifrost settings: %s", settings.public_summary())
+    app.ctx.settings = settings
+    app.ctx.settings_checked = True
+    return settings
+
+
+def _refuse_start(reason: str) -> NoReturn:
+    logger.error("bifrost cannot start: %s", reason)
+    raise SystemExit(1)
+
+
+async def close_service(app: Sanic) -> None:
+    """Tell every socket to reconnect elsewhere (1012), then let go of the broker."""
+    service = service_of(app)
+    for subscriber in service.registry.listeners():
+        subscriber.close(SERVICE_RESTART)
+    await app.cancel_task(REAPER_TASK, raise_exception=False)
+    await asyncio.sleep(0)
+    await service.broker.stop()
+
+
+def _make_broker(settings: Settings, registry: ChannelRegistry[Subscriber]) -> Broker:
+    return LocalBroker(registry)
+
+
+def _base_url(app: Sanic) -> str:
+    host = app.state.host or "127.0.0.1"
+    port = app.state.port or 8000
+    return f"http://{host}:{port}"
+
+
+try:
+    app = create_app()
+except SettingsError as error:
+    raise SystemExit(f"bifrost cannot start: {error}") from None

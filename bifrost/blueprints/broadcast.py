@@ -1,0 +1,68 @@
+"""`POST /broadcast`: the application's server sends one signed message to channels.
+
+Every failure answers a JSON error and a status the sender can act on; a message that was
+not carried is never answered with success.
+"""
+
+from __future__ import annotations
+
+import json as stdlib_json
+import logging
+from typing import Any
+
+import orjson
+from sanic import Blueprint, Request
+from sanic.response import HTTPResponse, json
+
+from bifrost.broker import BrokerUnavailable
+from bifrost.service import service_of
+from bifrost.tokens import TokenRejected
+
+__all__ = ["broadcast_bp", "encode_message"]
+
+logger = logging.getLogger("bifrost.broadcast")
+
+broadcast_bp = Blueprint("broadcast")
+
+
+@broadcast_bp.post("/broadcast")
+async def broadcast(request: Request) -> HTTPResponse:
+    """Verify the token, then hand its message to every subscriber of its channels."""
+    service = service_of(request.app)
+    try:
+        body = orjson.loads(request.body)
+    except orjson.JSONDecodeError:
+        return _error('body must be JSON of the form {"token": "<jwt>"}', 400)
+    if not isinstance(body, dict) or "token" not in body:
+        return _error("body has no token", 400)
+    try:
+        order = service.verifier.broadcast_order(body["token"])
+    except TokenRejected as rejection:
+        logger.info("broadcast refused for %s: %s", request.client_ip, rejection)
+        return _error(str(rejection), 400)
+    payload = encode_message(order.message)
+    limit = service.settings.max_message_bytes
+    if len(payload) > limit:
+        return _error(f"message is {len(payload)} bytes of JSON, over the limit of {limit}", 413)
+    try:
+        deliveries = await service.broker.publish(order.channels, payload)
+    except BrokerUnavailable as failure:
+        logger.warning("broadcast not delivered: %s", failure)
+        return _error(f"message not delivered: {failure}", 503)
+    return json({"message": "Success", "deliveries": deliveries})
+
+
+def encode_message(message: dict[str, Any]) -> bytes:
+    """The message's JSON, keys and values as sent.
+
+    orjson covers every message but those with integers beyond 64 bits, which JSON allows
+    and the standard library still writes.
+    """
+    try:
+        return orjson.dumps(message)
+    except orjson.JSONEncodeError:
+        return stdlib_json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _error(reason: str, status: int) -> HTTPResponse:
+    return json({"error": reason}, status=status)

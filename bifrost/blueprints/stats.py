@@ -1,0 +1,28 @@
+"""`GET /info.json`: the figures the original service reported, totals over every process."""
+
+from __future__ import annotations
+
+from sanic import Blueprint, Request
+from sanic.response import HTTPResponse, json
+
+from bifrost.service import service_of
+
+__all__ = ["stats_bp"]
+
+stats_bp = Blueprint("stats")
+
+
+@stats_bp.get("/info.json")
+async def info(request: Request) -> HTTPResponse:
+    """Deliveries since start and open connections, then the channel figures."""
+    totals = await service_of(request.app).broker.totals()
+    return json(
+        {
+            "stats": {
+                "deliveries": totals.deliveries,
+                "connected": totals.connected,
+                "channels": totals.channels,
+                "subscriptions": totals.subscriptions,
+            }
+        }
+    )

@@ -1,0 +1,79 @@
+"""One subscriber's socket: frames written straight to its transport, bounded, never awaited.
+
+Sanic's `ws.send` awaits each socket's back-pressure under a lock, so a fan-out that used it
+would wait on the slowest reader. Frames here are written whole with one synchronous
+`transport.write`, which cannot interleave with another frame, and a socket whose unsent
+bytes pass the bound is closed instead of buffering without end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from time import monotonic
+
+from sanic.server.websockets.impl import WebsocketImplProtocol
+
+from bifrost.liveness import Liveness
+from bifrost.protocol import SLOW_CONSUMER, Close
+from bifrost.ratelimit import FrameBudget
+
+__all__ = ["Subscriber"]
+
+
+class Subscriber:
+    """A connected websocket client, as the registry and the reaper handle it."""
+
+    __slots__ = ("_max_pending", "_transport", "_ws", "budget", "channels", "closed", "liveness")
+
+    def __init__(
+        self,
+        ws: WebsocketImplProtocol,
+        *,
+        max_pending_bytes: int,
+        max_frames_per_second: float,
+        now: float,
+    ) -> None:
+        self._ws = ws
+        self._transport: asyncio.WriteTransport = ws.io_proto.transport
+        self._max_pending = max_pending_bytes
+        self.channels: set[str] = set()
+        self.liveness = Liveness(connected_at=now, last_heard=now)
+        self.budget = FrameBudget(max_frames_per_second, now)
+        self.closed = False
+
+    def send(self, frame: bytes) -> bool:
+        """Write a ready frame; close the socket instead when its backlog is over the bound."""
+        if self.closed or self._transport.is_closing():
+            return False
+        if self._transport.get_write_buffer_size() + len(frame) > self._max_pending:
+            self.close(SLOW_CONSUMER)
+            return False
+        self._transport.write(frame)
+        return True
+
+    def close(self, close: Close) -> None:
+        """Send the close frame and let the connection end, without waiting for the peer."""
+        if self.closed:
+            return
+        self.closed = True
+        self._ws.end_connection(close.code, close.reason)
+
+    def ping(self, now: float) -> None:
+        """Send a protocol ping; its pong, whenever it comes, counts as hearing from the peer."""
+        if self.closed or self._transport.is_closing():
+            return
+        payload = secrets.token_bytes(4)
+        while payload in self._ws.pings:
+            payload = secrets.token_bytes(4)
+        waiter = asyncio.get_running_loop().create_future()
+        waiter.add_done_callback(self._pong_received)
+        self._ws.pings[payload] = waiter
+        self._ws.ws_proto.send_ping(payload)
+        for data in self._ws.ws_proto.data_to_send():
+            self._transport.write(data)
+        self.liveness.last_pinged = now
+
+    def _pong_received(self, waiter: asyncio.Future[None]) -> None:
+        if not waiter.cancelled() and waiter.exception() is None:
+            self.liveness.heard(monotonic())

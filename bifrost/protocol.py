@@ -1,0 +1,117 @@
+"""The wire rules of `/subscribe`: what a client frame means and the exact bytes of each reply.
+
+Pure functions and constants, no Sanic and no asyncio, so that every rule of the contract is
+checked by unit tests without a server; the websocket handler only carries out the decisions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from websockets.frames import Frame, Opcode
+
+__all__ = [
+    "AUTHENTICATION_TIMEOUT",
+    "BINARY_REFUSED",
+    "IDLE_TIMEOUT",
+    "NOT_AUTHORIZED",
+    "PONG",
+    "RATE_LIMIT",
+    "SERVICE_RESTART",
+    "SLOW_CONSUMER",
+    "Authenticate",
+    "Close",
+    "ErrorReply",
+    "Ignore",
+    "Pong",
+    "error_reply",
+    "interpret_frame",
+    "subscribed_reply",
+    "text_frame",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """Close the socket with this code and reason."""
+
+    code: int
+    reason: str
+
+
+NOT_AUTHORIZED = Close(1008, "Not Authorized")
+AUTHENTICATION_TIMEOUT = Close(1008, "Authentication timeout")
+IDLE_TIMEOUT = Close(1001, "Idle timeout")
+SLOW_CONSUMER = Close(1008, "Slow consumer")
+RATE_LIMIT = Close(1008, "Rate limit")
+BINARY_REFUSED = Close(1003, "Binary frames are not accepted")
+SERVICE_RESTART = Close(1012, "Service restart")
+
+
+@dataclass(frozen=True, slots=True)
+class Authenticate:
+    """Verify this token and subscribe to the channels it grants."""
+
+    token: object
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    """Answer a client's ping."""
+
+
+@dataclass(frozen=True, slots=True)
+class Ignore:
+    """A well-formed frame that asks nothing of the server."""
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorReply:
+    """Tell the client its frame was malformed, and keep the socket open."""
+
+    reason: str
+
+
+Decision = Authenticate | Pong | Ignore | ErrorReply | Close
+
+
+def interpret_frame(frame: str | bytes) -> Decision:
+    """Decide what one client frame asks for."""
+    if isinstance(frame, bytes):
+        return BINARY_REFUSED
+    try:
+        parsed: Any = orjson.loads(frame)
+    except orjson.JSONDecodeError:
+        return ErrorReply("frame is not valid JSON")
+    if not isinstance(parsed, dict):
+        return ErrorReply("frame must be a JSON object")
+    event = parsed.get("event")
+    if not isinstance(event, str):
+        return ErrorReply("frame must have a string event")
+    if event == "authenticate":
+        return Authenticate(parsed.get("data"))
+    if event == "ping":
+        return Pong()
+    return Ignore()
+
+
+def text_frame(payload: bytes) -> bytes:
+    """The bytes of one unmasked server text frame carrying `payload`, ready for the transport."""
+    return Frame(Opcode.TEXT, payload).serialize(mask=False, extensions=[])
+
+
+PONG = text_frame(b'{"event":"pong"}')
+
+
+def subscribed_reply(channel: str) -> bytes:
+    """The `subscribed` frame, whose data is a JSON-encoded string as the original sent it."""
+    data = orjson.dumps({"channel": channel}).decode()
+    return text_frame(orjson.dumps({"event": "subscribed", "data": data}))
+
+
+def error_reply(reason: str) -> bytes:
+    """The `error` frame, its data a JSON-encoded string like every reply of the service."""
+    data = orjson.dumps({"error": reason}).decode()
+    return text_frame(orjson.dumps({"event": "error", "data": data}))

@@ -1,0 +1,45 @@
+"""The one background task per process that pings quiet sockets and closes dead ones."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from time import monotonic
+
+from bifrost.connection import Subscriber
+from bifrost.liveness import SendPing, liveness_verdict
+from bifrost.registry import ChannelRegistry
+from bifrost.settings import Settings
+
+__all__ = ["reap_idle_sockets", "reaper_tick"]
+
+logger = logging.getLogger("bifrost.reaper")
+
+
+def reaper_tick(settings: Settings) -> float:
+    """How often to look: a quarter of the shortest timeout, between 0.05 s and 1 s."""
+    shortest = min(settings.auth_timeout, settings.ping_interval, settings.idle_timeout)
+    return min(1.0, max(0.05, shortest / 4))
+
+
+async def reap_idle_sockets(registry: ChannelRegistry[Subscriber], settings: Settings) -> None:
+    """Walk every socket once a tick, applying the liveness rules."""
+    tick = reaper_tick(settings)
+    while True:
+        await asyncio.sleep(tick)
+        now = monotonic()
+        for listener in registry.listeners():
+            if listener.closed:
+                continue
+            verdict = liveness_verdict(
+                listener.liveness,
+                now,
+                auth_timeout=settings.auth_timeout,
+                ping_interval=settings.ping_interval,
+                idle_timeout=settings.idle_timeout,
+            )
+            if isinstance(verdict, SendPing):
+                listener.ping(now)
+            elif verdict is not None:
+                logger.info("closing socket: %s", verdict.reason)
+                listener.close(verdict)

@@ -1,0 +1,31 @@
+"""What the handlers of one worker share, created when the server starts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sanic import Sanic
+
+from bifrost.broker import Broker
+from bifrost.connection import Subscriber
+from bifrost.registry import ChannelRegistry
+from bifrost.settings import Settings
+from bifrost.tokens import TokenVerifier
+
+__all__ = ["Service", "service_of"]
+
+
+@dataclass(slots=True)
+class Service:
+    """The settings, sockets, broker and token rules of this worker."""
+
+    settings: Settings
+    registry: ChannelRegistry[Subscriber]
+    broker: Broker
+    verifier: TokenVerifier
+
+
+def service_of(app: Sanic) -> Service:
+    """The worker's service, typed."""
+    service: Service = app.ctx.service
+    return service

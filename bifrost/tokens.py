@@ -1,0 +1,121 @@
+"""What a token may say: verification of subscribe and broadcast JWTs, with no I/O.
+
+The two kinds of token must not stand in for each other: a subscribe token leaked from a
+browser must never be able to broadcast, so each kind is recognised by its claims.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+
+__all__ = [
+    "BAD_SIGNATURE",
+    "MAX_CHANNEL_NAME_LENGTH",
+    "BroadcastOrder",
+    "TokenRejected",
+    "TokenVerifier",
+]
+
+MAX_CHANNEL_NAME_LENGTH = 255
+BAD_SIGNATURE = "Bad signature"
+CLOCK_SKEW_SECONDS = 5
+
+
+class TokenRejected(Exception):
+    """A token that must not be honoured; its text is the reason given to the sender."""
+
+
+@dataclass(frozen=True, slots=True)
+class BroadcastOrder:
+    """A verified broadcast: which channels, and the message object to hand to their sockets."""
+
+    channels: tuple[str, ...]
+    message: dict[str, Any]
+
+
+class TokenVerifier:
+    """Verifies tokens against the shared secret and the pinned algorithms."""
+
+    def __init__(
+        self,
+        secret: str,
+        *,
+        algorithms: Sequence[str] = ("HS512",),
+        require_exp: bool = True,
+        max_channels: int = 100,
+    ) -> None:
+        self._key = secret.encode()
+        self._algorithms = list(algorithms)
+        self._require_exp = require_exp
+        self._max_channels = max_channels
+        self._jwt = jwt.PyJWT()
+
+    def subscribe_channels(self, token: object) -> list[str]:
+        """The channels a subscribe token grants, in order and each once."""
+        claims = self._claims(token, require_exp=False)
+        if "message" in claims:
+            raise TokenRejected("a broadcast token cannot subscribe")
+        return self._channel_list(claims.get("channels"), "channels")
+
+    def broadcast_order(self, token: object) -> BroadcastOrder:
+        """The channels and message a broadcast token orders sent."""
+        claims = self._claims(token, require_exp=self._require_exp)
+        message = claims.get("message")
+        if message is None:
+            raise TokenRejected("token has no message claim (a subscribe token cannot broadcast)")
+        if not isinstance(message, dict) or not isinstance(message.get("event"), str):
+            raise TokenRejected("message must be an object with a string event")
+        has_channel, has_channels = "channel" in claims, "channels" in claims
+        if has_channel == has_channels:
+            raise TokenRejected("token must name either channel or channels")
+        if has_channel:
+            channel = claims["channel"]
+            if not _is_channel_name(channel):
+                raise TokenRejected(
+                    f"channel must be a string of 1 to {MAX_CHANNEL_NAME_LENGTH} characters"
+                )
+            return BroadcastOrder((channel,), message)
+        return BroadcastOrder(tuple(self._channel_list(claims["channels"], "channels")), message)
+
+    def _claims(self, token: object, *, require_exp: bool) -> dict[str, Any]:
+        if not isinstance(token, str) or not token:
+            raise TokenRejected("token must be a non-empty string")
+        try:
+            return self._jwt.decode(
+                token,
+                self._key,
+                algorithms=self._algorithms,
+                leeway=CLOCK_SKEW_SECONDS,
+                options={"require": ["exp"] if require_exp else []},
+            )
+        except jwt.ExpiredSignatureError:
+            raise TokenRejected("token has expired") from None
+        except jwt.ImmatureSignatureError:
+            raise TokenRejected("token is not valid yet") from None
+        except jwt.InvalidAlgorithmError:
+            raise TokenRejected("token algorithm is not allowed") from None
+        except jwt.MissingRequiredClaimError as error:
+            raise TokenRejected(f"token has no {error.claim} claim") from None
+        except jwt.InvalidSignatureError:
+            raise TokenRejected(BAD_SIGNATURE) from None
+        except jwt.PyJWTError as error:
+            raise TokenRejected(f"invalid token: {error}") from None
+
+    def _channel_list(self, channels: object, claim: str) -> list[str]:
+        if not isinstance(channels, list) or not channels:
+            raise TokenRejected(f"{claim} must be a non-empty list of channel names")
+        if len(channels) > self._max_channels:
+            raise TokenRejected(f"{claim} lists more than {self._max_channels} channels")
+        if not all(_is_channel_name(c) for c in channels):
+            raise TokenRejected(
+                f"each of {claim} must be a string of 1 to {MAX_CHANNEL_NAME_LENGTH} characters"
+            )
+        return list(dict.fromkeys(channels))
+
+
+def _is_channel_name(value: object) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= MAX_CHANNEL_NAME_LENGTH
