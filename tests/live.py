@@ -1,0 +1,127 @@
+"""Real Bifröst servers for the tests: separate processes on free loopback ports."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+
+__all__ = [
+    "SECRET",
+    "BifrostServer",
+    "broadcast_token",
+    "free_port",
+    "subscribe_token",
+]
+
+SECRET = "test-secret-" + "x" * 52
+STARTUP_TIMEOUT = 20.0
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def subscribe_token(channels: Sequence[str], secret: str = SECRET, **claims: Any) -> str:
+    """A subscribe token as an application mints it."""
+    return jwt.encode({"channels": list(channels), **claims}, secret, "HS512")
+
+
+def broadcast_token(
+    message: Mapping[str, Any],
+    *,
+    channel: str | None = None,
+    channels: Sequence[str] | None = None,
+    secret: str = SECRET,
+    algorithm: str = "HS512",
+    ttl: float | None = 60,
+    **claims: Any,
+) -> str:
+    """A broadcast token as an application mints it."""
+    payload: dict[str, Any] = {"message": dict(message), **claims}
+    if channel is not None:
+        payload["channel"] = channel
+    if channels is not None:
+        payload["channels"] = list(channels)
+    if ttl is not None:
+        payload["exp"] = int(time.time() + ttl)
+    return jwt.encode(payload, secret, algorithm)
+
+
+class BifrostServer:
+    """One Bifröst process started with `sanic bifrost.app`, its output kept in a log file."""
+
+    def __init__(
+        self,
+        log_dir: Path,
+        env: Mapping[str, str] | None = None,
+        *,
+        args: Sequence[str] = ("--single-process",),
+        name: str = "bifrost",
+    ) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.ws_url = f"ws://127.0.0.1:{self.port}/subscribe"
+        self.log_path = log_dir / f"{name}-{self.port}.log"
+        self._env = {**os.environ, "JWT_SECRET": SECRET, **(env or {})}
+        self._args = list(args)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> BifrostServer:
+        """Start the process and wait until it answers HTTP."""
+        command = [sys.executable, "-m", "sanic", "bifrost.app"]
+        command += ["--host", "127.0.0.1", "--port", str(self.port), *self._args]
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                command, env=self._env, stdout=log, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited at start-up:\n{self.log()}")
+            try:
+                httpx.get(f"{self.url}/info.json", timeout=0.5)
+                return self
+            except httpx.TransportError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"server did not answer within {STARTUP_TIMEOUT} s:\n{self.log()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        """Signal the process and wait for it to exit; return its exit code."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+    def log(self) -> str:
+        """Everything the process has written."""
+        return self.log_path.read_text(errors="replace")
+
+    def stats(self) -> dict[str, int]:
+        """The `stats` object of `/info.json`."""
+        stats: dict[str, int] = httpx.get(f"{self.url}/info.json").json()["stats"]
+        return stats
+
+    def assert_log_clean(self) -> None:
+        """No unhandled exception reached the log."""
+        log = self.log()
+        for marker in ("Traceback", "Exception occurred", "Unexpected exception"):
+            assert marker not in log, f"{marker!r} in the server log:\n{log}"
