@@ -13,6 +13,7 @@ import secrets
 from time import monotonic
 
 from sanic.server.websockets.impl import WebsocketImplProtocol
+from websockets.protocol import State
 
 from bifrost.liveness import Liveness
 from bifrost.protocol import SLOW_CONSUMER, Close
@@ -53,11 +54,26 @@ class Subscriber:
         return True
 
     def close(self, close: Close) -> None:
-        """Send the close frame and let the connection end, without waiting for the peer."""
+        """Start the closing handshake now; abort the connection if the peer never answers.
+
+        Reading goes on until the peer's close frame arrives: closing a socket with unread
+        input makes the kernel send a reset, and the client would lose the close frame and
+        see 1006 instead of the code and reason meant for it.
+        """
         if self.closed:
             return
         self.closed = True
-        self._ws.end_connection(close.code, close.reason)
+        protocol = self._ws.ws_proto
+        if protocol.state is not State.OPEN:
+            return
+        protocol.send_close(close.code, close.reason)
+        for data in protocol.data_to_send():
+            self._transport.write(data)
+        asyncio.get_running_loop().call_later(self._ws.close_timeout, self._abort_if_open)
+
+    def _abort_if_open(self) -> None:
+        if self._ws.ws_proto.state is not State.CLOSED and not self._transport.is_closing():
+            self._transport.abort()
 
     def ping(self, now: float) -> None:
         """Send a protocol ping; its pong, whenever it comes, counts as hearing from the peer."""

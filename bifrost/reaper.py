@@ -22,11 +22,17 @@ def reaper_tick(settings: Settings) -> float:
     return min(1.0, max(0.05, shortest / 4))
 
 
-async def reap_idle_sockets(registry: ChannelRegistry[Subscriber], settings: Settings) -> None:
-    """Walk every socket once a tick, applying the liveness rules."""
+async def reap_idle_sockets(
+    registry: ChannelRegistry[Subscriber], settings: Settings, stopping: asyncio.Event
+) -> None:
+    """Walk every socket once a tick, applying the liveness rules, until the server stops."""
     tick = reaper_tick(settings)
     while True:
-        await asyncio.sleep(tick)
+        try:
+            await asyncio.wait_for(stopping.wait(), tick)
+            return
+        except TimeoutError:
+            pass
         now = monotonic()
         for listener in registry.listeners():
             if listener.closed:

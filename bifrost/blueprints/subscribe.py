@@ -64,8 +64,9 @@ async def subscribe(request: Request, ws: WebsocketImplProtocol) -> None:
     service.registry.connect(subscriber)
     try:
         async for frame in ws:
-            if not await _handle_frame(service, subscriber, frame, request.client_ip):
-                break
+            # After the server's close frame, read on until the client's, ignoring the rest.
+            if not subscriber.closed:
+                await _handle_frame(service, subscriber, frame, request.client_ip)
     finally:
         for channel in service.registry.disconnect(subscriber):
             await service.broker.channel_vacated(channel)
@@ -73,18 +74,18 @@ async def subscribe(request: Request, ws: WebsocketImplProtocol) -> None:
 
 async def _handle_frame(
     service: Service, subscriber: Subscriber, frame: str | bytes, peer: str
-) -> bool:
-    """Carry out what one frame asks; False once the socket is closed."""
+) -> None:
+    """Carry out what one frame asks."""
     now = monotonic()
     subscriber.liveness.heard(now)
     if not subscriber.budget.spend(now):
         rate = service.settings.max_frames_per_second
         logger.info("closing socket of %s: over %g frames/s", peer, rate)
         subscriber.close(RATE_LIMIT)
-        return False
+        return
     match interpret_frame(frame):
         case Authenticate(token=token):
-            return await _authenticate(service, subscriber, token, peer)
+            await _authenticate(service, subscriber, token, peer)
         case Pong():
             subscriber.send(PONG)
         case ErrorReply(reason=reason):
@@ -93,21 +94,18 @@ async def _handle_frame(
             pass
         case Close() as close:
             subscriber.close(close)
-            return False
-    return True
 
 
-async def _authenticate(service: Service, subscriber: Subscriber, token: object, peer: str) -> bool:
+async def _authenticate(service: Service, subscriber: Subscriber, token: object, peer: str) -> None:
     """Subscribe to the channels the token grants, or close the socket as not authorised."""
     try:
         channels = service.verifier.subscribe_channels(token)
     except TokenRejected as rejection:
         logger.info("authentication failed for %s: %s", peer, rejection)
         subscriber.close(NOT_AUTHORIZED)
-        return False
+        return
     for channel in service.registry.subscribe(subscriber, channels):
         await service.broker.channel_occupied(channel)
     subscriber.liveness.authenticated = True
     for channel in channels:
         subscriber.send(subscribed_reply(channel))
-    return True
