@@ -19,7 +19,11 @@ from bifrost.liveness import Liveness
 from bifrost.protocol import SLOW_CONSUMER, Close
 from bifrost.ratelimit import FrameBudget
 
-__all__ = ["Subscriber"]
+__all__ = ["CLOSE_HANDSHAKE_TIMEOUT", "Subscriber"]
+
+# How long the peer of a socket closed by the server has to answer the close frame before
+# the connection is dropped; until then the socket still counts as connected.
+CLOSE_HANDSHAKE_TIMEOUT = 2.0
 
 
 class Subscriber:
@@ -69,7 +73,7 @@ class Subscriber:
         protocol.send_close(close.code, close.reason)
         for data in protocol.data_to_send():
             self._transport.write(data)
-        asyncio.get_running_loop().call_later(self._ws.close_timeout, self._abort_if_open)
+        asyncio.get_running_loop().call_later(CLOSE_HANDSHAKE_TIMEOUT, self._abort_if_open)
 
     def _abort_if_open(self) -> None:
         if self._ws.ws_proto.state is not State.CLOSED and not self._transport.is_closing():

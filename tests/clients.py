@@ -12,7 +12,13 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from tests.live import BifrostServer, subscribe_token
 
-__all__ = ["RECEIVE_TIMEOUT", "authenticated", "post_broadcast", "receive_json"]
+__all__ = [
+    "RECEIVE_TIMEOUT",
+    "authenticated",
+    "post_broadcast",
+    "receive_json",
+    "wait_for_connected",
+]
 
 RECEIVE_TIMEOUT = 5.0
 
@@ -36,3 +42,13 @@ async def post_broadcast(server: BifrostServer, token: str) -> httpx.Response:
     """POST a broadcast token the way the original README's server code does."""
     async with httpx.AsyncClient(base_url=server.url) as http:
         return await http.post("/broadcast", json={"token": token})
+
+
+async def wait_for_connected(server: BifrostServer, expected: int, timeout: float) -> None:
+    """Wait until `/info.json` counts `expected` connections; fail with the last count."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while (connected := server.stats()["connected"]) != expected:
+        assert asyncio.get_running_loop().time() < deadline, (
+            f"{connected} connected, not {expected}"
+        )
+        await asyncio.sleep(0.05)
