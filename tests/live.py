@@ -25,6 +25,7 @@ __all__ = [
 
 SECRET = "test-secret-" + "x" * 52
 STARTUP_TIMEOUT = 20.0
+MAIN_PROCESS_SETTLE = 0.5
 
 
 def free_port() -> int:
@@ -61,12 +62,15 @@ def broadcast_token(
 
 
 class BifrostServer:
-    """One Bifröst process started with `sanic bifrost.app`, its output kept in a log file."""
+    """One Bifröst process started with `sanic bifrost.app`, its output kept in a log file.
+
+    `env` adds to the test's environment and a test secret; a variable set to None is removed.
+    """
 
     def __init__(
         self,
         log_dir: Path,
-        env: Mapping[str, str] | None = None,
+        env: Mapping[str, str | None] | None = None,
         *,
         args: Sequence[str] = ("--single-process",),
         name: str = "bifrost",
@@ -75,7 +79,8 @@ class BifrostServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.ws_url = f"ws://127.0.0.1:{self.port}/subscribe"
         self.log_path = log_dir / f"{name}-{self.port}.log"
-        self._env = {**os.environ, "JWT_SECRET": SECRET, **(env or {})}
+        merged = {**os.environ, "JWT_SECRET": SECRET, **(env or {})}
+        self._env = {name: value for name, value in merged.items() if value is not None}
         self._args = list(args)
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -85,7 +90,11 @@ class BifrostServer:
         command += ["--host", "127.0.0.1", "--port", str(self.port), *self._args]
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                command, env=self._env, stdout=log, stderr=subprocess.STDOUT
+                command,
+                env=self._env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         deadline = time.monotonic() + STARTUP_TIMEOUT
         while time.monotonic() < deadline:
@@ -93,9 +102,14 @@ class BifrostServer:
                 raise RuntimeError(f"server exited at start-up:\n{self.log()}")
             try:
                 httpx.get(f"{self.url}/info.json", timeout=0.5)
-                return self
             except httpx.TransportError:
                 time.sleep(0.05)
+                continue
+            if "--single-process" not in self._args:
+                # Sanic's main process loses a signal in its first moments after the workers
+                # are ready (it stops the workers but never exits): let it settle.
+                time.sleep(MAIN_PROCESS_SETTLE)
+            return self
         self.stop()
         raise RuntimeError(f"server did not answer within {STARTUP_TIMEOUT} s:\n{self.log()}")
 
@@ -107,7 +121,7 @@ class BifrostServer:
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.process.kill()
+                os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
         return self.process.returncode
 
