@@ -1,0 +1,94 @@
+"""Token rules of `bifrost/tokens.py`, checked without a server."""
+
+from __future__ import annotations
+
+import time
+
+import jwt
+import pytest
+
+from bifrost.tokens import BAD_SIGNATURE, TokenRejected, TokenVerifier
+
+SECRET = "u" * 64
+
+
+def verifier(**options: object) -> TokenVerifier:
+    return TokenVerifier(SECRET, **options)  # type: ignore[arg-type]
+
+
+def sign(claims: dict, algorithm: str = "HS512", secret: str = SECRET) -> str:
+    return jwt.encode(claims, secret, algorithm)
+
+
+def test_subscribe_channels_in_order_each_once():
+    """Channels come back in the token's order with duplicates removed."""
+    token = sign({"channels": ["b", "a", "b", "c"]})
+    assert verifier().subscribe_channels(token) == ["b", "a", "c"]
+
+
+def test_pinned_algorithms_only():
+    """A token in an algorithm outside the configured list is rejected; one inside is accepted."""
+    token = sign({"channels": ["a"]}, "HS256")
+    with pytest.raises(TokenRejected, match="algorithm"):
+        verifier().subscribe_channels(token)
+    assert verifier(algorithms=["HS256", "HS512"]).subscribe_channels(token) == ["a"]
+
+
+def test_alg_none_is_rejected():
+    """An unsigned token (`alg: none`) is never accepted."""
+    token = jwt.encode({"channels": ["a"]}, None, "none")
+    with pytest.raises(TokenRejected):
+        verifier().subscribe_channels(token)
+
+
+def test_wrong_secret_is_bad_signature():
+    """A token signed with another secret is refused as `Bad signature`."""
+    with pytest.raises(TokenRejected, match=f"^{BAD_SIGNATURE}$"):
+        verifier().subscribe_channels(sign({"channels": ["a"]}, secret="v" * 64))
+
+
+def test_time_claims_are_honoured():
+    """`exp` in the past and `nbf` in the future are refused."""
+    with pytest.raises(TokenRejected, match="expired"):
+        verifier().subscribe_channels(sign({"channels": ["a"], "exp": time.time() - 60}))
+    with pytest.raises(TokenRejected, match="not valid yet"):
+        verifier().subscribe_channels(sign({"channels": ["a"], "nbf": time.time() + 60}))
+
+
+def test_broadcast_requires_exp_unless_configured():
+    """A broadcast token must carry `exp` unless BIFROST_REQUIRE_EXP=false."""
+    token = sign({"channel": "a", "message": {"event": "e"}})
+    with pytest.raises(TokenRejected, match="exp"):
+        verifier().broadcast_order(token)
+    assert verifier(require_exp=False).broadcast_order(token).channels == ("a",)
+
+
+def test_kinds_of_token_do_not_stand_in_for_each_other():
+    """A subscribe token cannot broadcast and a broadcast token cannot subscribe."""
+    exp = time.time() + 60
+    with pytest.raises(TokenRejected):
+        verifier().broadcast_order(sign({"channels": ["a"], "exp": exp}))
+    with pytest.raises(TokenRejected):
+        verifier().subscribe_channels(
+            sign({"channels": ["a"], "message": {"event": "e"}, "exp": exp})
+        )
+
+
+def test_broadcast_order_keeps_message_as_sent():
+    """The message object is returned untouched, keys in order."""
+    message = {"event": "e", "data": '{"x":1}', "z": [1, {"y": None}]}
+    order = verifier().broadcast_order(
+        sign({"channels": ["a", "b", "a"], "message": message, "exp": time.time() + 60})
+    )
+    assert order.channels == ("a", "b")
+    assert list(order.message.items()) == list(message.items())
+
+
+@pytest.mark.parametrize(
+    "channels",
+    [[], "a", ["a", 3], [""], ["x" * 256], [f"c{i}" for i in range(101)], None],
+)
+def test_channel_lists_are_checked(channels):
+    """Channel lists must be non-empty, at most 100, of names of 1 to 255 characters."""
+    with pytest.raises(TokenRejected):
+        verifier().subscribe_channels(sign({"channels": channels}))
