@@ -94,12 +94,7 @@ async def open_service(app: Sanic) -> None:
     registry: ChannelRegistry[Subscriber] = ChannelRegistry()
     broker = _make_broker(settings, registry)
     await broker.start()
-    verifier = TokenVerifier(
-        settings.jwt_secret,
-        algorithms=settings.jwt_algorithms,
-        require_exp=settings.require_exp,
-        max_channels=settings.max_channels,
-    )
+    verifier = TokenVerifier.from_settings(settings)
     app.ctx.service = Service(settings, registry, broker, verifier)
     app.ctx.stopping = asyncio.Event()
     app.ctx.reaper = app.add_task(reap_idle_sockets(registry, settings, app.ctx.stopping))

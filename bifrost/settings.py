@@ -16,8 +16,16 @@ from typing import TypeVar
 
 from dotenv import dotenv_values
 
+from bifrost.keys import (
+    ASYMMETRIC_ALGORITHMS,
+    HMAC_ALGORITHMS,
+    KNOWN_ALGORITHMS,
+    PublicKey,
+    default_algorithm_for,
+    read_public_key,
+)
+
 __all__ = [
-    "HMAC_ALGORITHMS",
     "MIN_SECRET_LENGTH",
     "RECOMMENDED_SECRET_LENGTH",
     "Settings",
@@ -27,7 +35,6 @@ __all__ = [
     "with_checked_secret",
 ]
 
-HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 MIN_SECRET_LENGTH = 32
 RECOMMENDED_SECRET_LENGTH = 64
 
@@ -43,6 +50,8 @@ class Settings:
     """The effective configuration of one Bifröst process, every default visible here."""
 
     jwt_secret: str = ""
+    jwt_secret_previous: str = ""
+    jwt_public_key: PublicKey | None = None
     jwt_algorithms: tuple[str, ...] = ("HS512",)
     require_exp: bool = True
     auth_timeout: float = 10.0
@@ -63,6 +72,8 @@ class Settings:
         """The settings worth logging at start-up, with every secret left out."""
         return {
             "jwt_algorithms": ",".join(self.jwt_algorithms),
+            "jwt_public_key": type(self.jwt_public_key).__name__ if self.jwt_public_key else None,
+            "jwt_secret_previous": bool(self.jwt_secret_previous),
             "require_exp": self.require_exp,
             "auth_timeout": self.auth_timeout,
             "ping_interval": self.ping_interval,
@@ -91,9 +102,12 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
     which `with_checked_secret` decides once the mode is known.
     """
     reader = _Reader(environ)
+    public_key = reader.public_key("BIFROST_JWT_PUBLIC_KEY")
     settings = Settings(
         jwt_secret=environ.get("JWT_SECRET", ""),
-        jwt_algorithms=reader.algorithms("BIFROST_JWT_ALGORITHMS", "HS512"),
+        jwt_secret_previous=environ.get("JWT_SECRET_PREVIOUS", ""),
+        jwt_public_key=public_key,
+        jwt_algorithms=reader.algorithms("BIFROST_JWT_ALGORITHMS", public_key),
         require_exp=reader.boolean("BIFROST_REQUIRE_EXP", True),
         auth_timeout=reader.positive("BIFROST_AUTH_TIMEOUT", 10.0, float),
         ping_interval=reader.positive("BIFROST_PING_INTERVAL", 30.0, float),
@@ -118,8 +132,18 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
 
 
 def with_checked_secret(settings: Settings, *, development: bool) -> Settings:
-    """Refuse a missing or short secret, except in development where a throwaway one is made."""
+    """Refuse a missing or short secret, except in development where a throwaway one is made.
+
+    A deployment that accepts only public-key algorithms needs no secret at all.
+    """
     secret = settings.jwt_secret
+    if not HMAC_ALGORITHMS.intersection(settings.jwt_algorithms):
+        return settings
+    if settings.jwt_secret_previous and len(settings.jwt_secret_previous) < MIN_SECRET_LENGTH:
+        raise SettingsError(
+            f"JWT_SECRET_PREVIOUS is {len(settings.jwt_secret_previous)} characters: set the "
+            f"secret being rotated out, at least {MIN_SECRET_LENGTH}, or leave it unset"
+        )
     if not secret and development:
         throwaway = secrets.token_urlsafe(RECOMMENDED_SECRET_LENGTH)
         return replace(settings, jwt_secret=throwaway, secret_is_throwaway=True)
@@ -143,16 +167,39 @@ class _Reader:
     def __init__(self, environ: Mapping[str, str]) -> None:
         self.environ = environ
 
-    def algorithms(self, name: str, default: str) -> tuple[str, ...]:
-        names = tuple(a.strip() for a in self.environ.get(name, default).split(",") if a.strip())
-        unknown = [a for a in names if a not in HMAC_ALGORITHMS]
+    def algorithms(self, name: str, public_key: PublicKey | None) -> tuple[str, ...]:
+        """The pinned algorithms: by default HS512, and the public key's own when one is set."""
+        if public_key is None:
+            default = "HS512"
+        else:
+            own = default_algorithm_for(public_key)
+            default = f"HS512,{own}" if self.environ.get("JWT_SECRET") else own
+        raw = self.environ.get(name) or default
+        names = tuple(a.strip() for a in raw.split(",") if a.strip())
+        unknown = [a for a in names if a not in KNOWN_ALGORITHMS]
         if unknown or not names:
             raise SettingsError(
-                f"{name}={self.environ.get(name, '')!r} names no usable algorithm "
-                f"({', '.join(unknown) or 'empty'}): set a comma-separated list of "
-                f"{', '.join(sorted(HMAC_ALGORITHMS))}"
+                f"{name}={raw!r} names no usable algorithm ({', '.join(unknown) or 'empty'}): "
+                f"set a comma-separated list of {', '.join(sorted(KNOWN_ALGORITHMS))}"
+            )
+        keyless = [a for a in names if a in ASYMMETRIC_ALGORITHMS and public_key is None]
+        if keyless:
+            raise SettingsError(
+                f"{name} names {', '.join(keyless)}, which verify with a public key: "
+                "set BIFROST_JWT_PUBLIC_KEY to its PEM text or file path"
             )
         return names
+
+    def public_key(self, name: str) -> PublicKey | None:
+        raw = self.environ.get(name, "").strip()
+        if not raw:
+            return None
+        try:
+            return read_public_key(raw)
+        except ValueError as error:
+            raise SettingsError(
+                f"{name} {error}: set the PEM text of the public key or the path of its file"
+            ) from None
 
     def boolean(self, name: str, default: bool) -> bool:
         raw = self.environ.get(name)

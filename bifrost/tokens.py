@@ -12,6 +12,9 @@ from typing import Any
 
 import jwt
 
+from bifrost.keys import HMAC_ALGORITHMS, PublicKey
+from bifrost.settings import Settings
+
 __all__ = [
     "BAD_SIGNATURE",
     "MAX_CHANNEL_NAME_LENGTH",
@@ -38,21 +41,38 @@ class BroadcastOrder:
 
 
 class TokenVerifier:
-    """Verifies tokens against the shared secret and the pinned algorithms."""
+    """Verifies tokens against the pinned algorithms and the key family each one names.
+
+    HMAC tokens verify with the secret or, while it is rotated out, the previous one; every
+    other algorithm verifies with the public key only.
+    """
 
     def __init__(
         self,
-        secret: str,
+        secrets: Sequence[str],
         *,
+        public_key: PublicKey | None = None,
         algorithms: Sequence[str] = ("HS512",),
         require_exp: bool = True,
         max_channels: int = 100,
     ) -> None:
-        self._key = secret.encode()
-        self._algorithms = list(algorithms)
+        self._secrets = [secret.encode() for secret in secrets if secret]
+        self._public_keys = [public_key] if public_key is not None else []
+        self._algorithms = frozenset(algorithms)
         self._require_exp = require_exp
         self._max_channels = max_channels
         self._jwt = jwt.PyJWT()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TokenVerifier:
+        """The verifier the settings describe."""
+        return cls(
+            [settings.jwt_secret, settings.jwt_secret_previous],
+            public_key=settings.jwt_public_key,
+            algorithms=settings.jwt_algorithms,
+            require_exp=settings.require_exp,
+            max_channels=settings.max_channels,
+        )
 
     def subscribe_channels(self, token: object) -> list[str]:
         """The channels a subscribe token grants, in order and each once."""
@@ -85,23 +105,39 @@ class TokenVerifier:
         if not isinstance(token, str) or not token:
             raise TokenRejected("token must be a non-empty string")
         try:
+            algorithm = jwt.get_unverified_header(token).get("alg")
+        except jwt.PyJWTError as error:
+            raise TokenRejected(f"invalid token: {error}") from None
+        if algorithm not in self._algorithms:
+            raise TokenRejected("token algorithm is not allowed")
+        keys = self._secrets if algorithm in HMAC_ALGORITHMS else self._public_keys
+        for key in keys:
+            try:
+                return self._decode(token, key, algorithm, require_exp)
+            except jwt.InvalidSignatureError:
+                continue
+        raise TokenRejected(BAD_SIGNATURE)
+
+    def _decode(
+        self, token: str, key: bytes | PublicKey, algorithm: str, require_exp: bool
+    ) -> dict[str, Any]:
+        """Verify with one key; a wrong signature is left for the caller to try the next key."""
+        try:
             return self._jwt.decode(
                 token,
-                self._key,
-                algorithms=self._algorithms,
+                key,
+                algorithms=[algorithm],
                 leeway=CLOCK_SKEW_SECONDS,
                 options={"require": ["exp"] if require_exp else []},
             )
+        except jwt.InvalidSignatureError:
+            raise
         except jwt.ExpiredSignatureError:
             raise TokenRejected("token has expired") from None
         except jwt.ImmatureSignatureError:
             raise TokenRejected("token is not valid yet") from None
-        except jwt.InvalidAlgorithmError:
-            raise TokenRejected("token algorithm is not allowed") from None
         except jwt.MissingRequiredClaimError as error:
             raise TokenRejected(f"token has no {error.claim} claim") from None
-        except jwt.InvalidSignatureError:
-            raise TokenRejected(BAD_SIGNATURE) from None
         except jwt.PyJWTError as error:
             raise TokenRejected(f"invalid token: {error}") from None
 

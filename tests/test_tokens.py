@@ -13,7 +13,7 @@ SECRET = "u" * 64
 
 
 def verifier(**options: object) -> TokenVerifier:
-    return TokenVerifier(SECRET, **options)  # type: ignore[arg-type]
+    return TokenVerifier([SECRET], **options)  # type: ignore[arg-type]
 
 
 def sign(claims: dict, algorithm: str = "HS512", secret: str = SECRET) -> str:
