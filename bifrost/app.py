@@ -21,6 +21,7 @@ from bifrost.broker import Broker, LocalBroker
 from bifrost.connection import Subscriber
 from bifrost.devmode import first_steps
 from bifrost.errors import JSONErrorHandler
+from bifrost.limits import raise_open_file_limit
 from bifrost.logs import configure_logging
 from bifrost.protocol import SERVICE_RESTART
 from bifrost.reaper import reap_idle_sockets
@@ -91,6 +92,7 @@ async def check_start_up(app: Sanic) -> None:
 async def open_service(app: Sanic) -> None:
     """Create this worker's registry, broker and token rules, and start its reaper."""
     settings = _checked_settings(app)
+    raise_open_file_limit(settings.max_connections)
     registry: ChannelRegistry[Subscriber] = ChannelRegistry()
     broker = _make_broker(settings, registry)
     await broker.start()
