@@ -9,6 +9,7 @@ bytes pass the bound is closed instead of buffering without end.
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 from time import monotonic
 
@@ -20,6 +21,8 @@ from bifrost.protocol import SLOW_CONSUMER, Close
 from bifrost.ratelimit import FrameBudget
 
 __all__ = ["CLOSE_HANDSHAKE_TIMEOUT", "Subscriber"]
+
+logger = logging.getLogger("bifrost.connection")
 
 # How long the peer of a socket closed by the server has to answer the close frame before
 # the connection is dropped; until then the socket still counts as connected.
@@ -51,7 +54,9 @@ class Subscriber:
         """Write a ready frame; close the socket instead when its backlog is over the bound."""
         if self.closed or self._transport.is_closing():
             return False
-        if self._transport.get_write_buffer_size() + len(frame) > self._max_pending:
+        pending = self._transport.get_write_buffer_size()
+        if pending + len(frame) > self._max_pending:
+            logger.info("closing slow consumer: %d bytes unsent", pending)
             self.close(SLOW_CONSUMER)
             return False
         self._transport.write(frame)
