@@ -16,6 +16,7 @@ from typing import Any, NoReturn
 import orjson
 from sanic import Sanic
 
+from bifrost import __version__
 from bifrost.blueprints import all_blueprints
 from bifrost.broker import Broker, LocalBroker
 from bifrost.connection import Subscriber
@@ -48,7 +49,7 @@ ABANDONED_FRAMES = "WebsocketImplProtocol.async_data_received"
 def create_app(settings: Settings | None = None, name: str = "bifrost") -> Sanic:
     """Build the application from `settings`, or from the environment and `.env` when None."""
     configure_logging()
-    app = Sanic(name, dumps=orjson.dumps, loads=orjson.loads, error_handler=JSONErrorHandler())
+    app = Sanic(name, dumps=dump_json, loads=orjson.loads, error_handler=JSONErrorHandler())
     app.ctx.settings = settings or load_settings(read_environment())
     _configure_sanic(app, app.ctx.settings)
     app.blueprint(all_blueprints)
@@ -57,6 +58,11 @@ def create_app(settings: Settings | None = None, name: str = "bifrost") -> Sanic
     app.before_server_stop(close_service)
     app.after_server_stop(collect_abandoned_frames)
     return app
+
+
+def dump_json(value: Any) -> bytes:
+    """JSON for responses; the OpenAPI document keys its responses by status number."""
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
 
 
 def _configure_sanic(app: Sanic, settings: Settings) -> None:
@@ -69,6 +75,9 @@ def _configure_sanic(app: Sanic, settings: Settings) -> None:
             # A token carries its message in base64, a third larger than the JSON; any body
             # beyond twice the message limit holds a message over it.
             "REQUEST_MAX_SIZE": 2 * settings.max_message_bytes + TOKEN_OVERHEAD_BYTES,
+            "API_TITLE": "Bifröst",
+            "API_VERSION": __version__,
+            "API_DESCRIPTION": "Realtime broadcasts to websocket subscribers, authorised by JWTs.",
         }
     )
 

@@ -13,8 +13,10 @@ from typing import Any
 import orjson
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json
+from sanic_ext import openapi
 
 from bifrost.broker import BrokerUnavailable
+from bifrost.schemas import BroadcastAnswer, BroadcastRequest, ErrorAnswer
 from bifrost.service import service_of
 from bifrost.tokens import TokenRejected
 
@@ -26,6 +28,11 @@ broadcast_bp = Blueprint("broadcast")
 
 
 @broadcast_bp.post("/broadcast")
+@openapi.body({"application/json": BroadcastRequest}, required=True)
+@openapi.response(200, {"application/json": BroadcastAnswer}, "Handed to every subscriber")
+@openapi.response(400, {"application/json": ErrorAnswer}, "Not JSON, no token, or a bad token")
+@openapi.response(413, {"application/json": ErrorAnswer}, "Message over the size limit")
+@openapi.response(503, {"application/json": ErrorAnswer}, "Not delivered: broker unavailable")
 async def broadcast(request: Request) -> HTTPResponse:
     """Verify the token, then hand its message to every subscriber of its channels."""
     service = service_of(request.app)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json
+from sanic_ext import openapi
 
+from bifrost.schemas import StatsAnswer
 from bifrost.service import service_of
 
 __all__ = ["stats_bp"]
@@ -13,6 +15,7 @@ stats_bp = Blueprint("stats")
 
 
 @stats_bp.get("/info.json")
+@openapi.response(200, {"application/json": StatsAnswer}, "Totals over every process")
 async def info(request: Request) -> HTTPResponse:
     """Deliveries since start and open connections, then the channel figures."""
     totals = await service_of(request.app).broker.totals()

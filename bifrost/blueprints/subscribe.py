@@ -8,9 +8,10 @@ from __future__ import annotations
 import logging
 from time import monotonic
 
-from sanic import Blueprint, Request
+from sanic import Blueprint, Request, Sanic
 from sanic.response import HTTPResponse, json
 from sanic.server.websockets.impl import WebsocketImplProtocol
+from sanic_ext import openapi
 
 from bifrost.connection import Subscriber
 from bifrost.protocol import (
@@ -34,6 +35,18 @@ __all__ = ["subscribe_bp"]
 logger = logging.getLogger("bifrost.subscribe")
 
 subscribe_bp = Blueprint("subscribe")
+
+
+@subscribe_bp.before_server_start(priority=100)
+async def leave_out_of_openapi(app: Sanic) -> None:
+    """A websocket is no HTTP operation: its protocol is in the README, not in the OpenAPI.
+
+    Sanic wraps websocket handlers when it registers them, so the wrapper is what to exclude,
+    before the OpenAPI document is built.
+    """
+    for route in app.router.routes:
+        if route.extra.websocket:
+            openapi.exclude()(route.handler)
 
 
 @subscribe_bp.on_request
