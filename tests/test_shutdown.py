@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
+import time
 
+import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed
 
 from tests.clients import authenticated
+from tests.live import broadcast_token
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -24,3 +28,48 @@ async def test_shutdown_closes_every_socket_with_1012(start_server, sig, args):
         assert (ws.close_code, ws.close_reason) == (1012, "Service restart")
     exit_code = await asyncio.to_thread(live.process.wait, 15)
     assert exit_code == 0
+
+
+async def test_shutdown_under_load_answers_truthfully(start_server):
+    """SIGTERM mid-stream: sockets get 1012, each answered POST tells its true deliveries."""
+    live = start_server({"SANIC_GRACEFUL_SHUTDOWN_TIMEOUT": "5"})
+    sockets = [await authenticated(live, ["load"]) for _ in range(5)]
+    received: list[set[int]] = [set() for _ in sockets]
+    answers: dict[int, int | None] = {}
+
+    async def listen(ws, seen: set[int]) -> tuple[int | None, str | None]:
+        with pytest.raises(ConnectionClosed):
+            while True:
+                seen.add(json.loads(await asyncio.wait_for(ws.recv(), 10))["data"])
+        return ws.close_code, ws.close_reason
+
+    async def post_until_refused(lane: int) -> None:
+        async with httpx.AsyncClient(base_url=live.url, timeout=10) as http:
+            for n in range(lane, 100_000, 2):
+                token = broadcast_token({"event": "seq", "data": n}, channel="load")
+                try:
+                    response = await http.post("/broadcast", json={"token": token})
+                except httpx.TransportError:
+                    return  # the server stopped accepting: this message was never taken
+                assert response.status_code in {200, 503}, response.text
+                answers[n] = response.json().get("deliveries")
+                if response.status_code == 503:
+                    return
+
+    listeners = [
+        asyncio.create_task(listen(ws, seen)) for ws, seen in zip(sockets, received, strict=True)
+    ]
+    posters = [asyncio.create_task(post_until_refused(lane)) for lane in (0, 1)]
+    await asyncio.sleep(0.5)
+    started = time.monotonic()
+    live.process.send_signal(signal.SIGTERM)
+    closes = await asyncio.gather(*listeners)
+    await asyncio.gather(*posters)
+    exit_code = await asyncio.to_thread(live.process.wait, 10)
+    assert time.monotonic() - started < 5
+    assert exit_code == 0
+    assert closes == [(1012, "Service restart")] * len(sockets)
+    delivered = [n for n, deliveries in answers.items() if deliveries is not None]
+    assert len(delivered) > 20, "broadcasts were in flight when the signal came"
+    for n in delivered:
+        assert answers[n] == sum(n in seen for seen in received), f"broadcast {n} miscounted"
