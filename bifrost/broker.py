@@ -10,9 +10,10 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from bifrost.protocol import text_frame
-from bifrost.registry import ChannelRegistry, Listener
+from bifrost.registry import ChannelRegistry
 
 __all__ = ["Broker", "BrokerUnavailable", "LocalBroker", "Totals"]
 
@@ -69,7 +70,7 @@ class Broker(ABC):
 class LocalBroker(Broker):
     """The broker of a single process: a broadcast goes straight to the local registry."""
 
-    def __init__(self, registry: ChannelRegistry[Listener]) -> None:
+    def __init__(self, registry: ChannelRegistry[Any]) -> None:
         self._registry = registry
 
     async def start(self) -> None:

@@ -43,7 +43,8 @@ class Subscriber:
         now: float,
     ) -> None:
         self._ws = ws
-        self._transport: asyncio.WriteTransport = ws.io_proto.transport
+        assert ws.io_proto is not None and ws.io_proto.transport is not None, "socket is open"
+        self._transport: asyncio.Transport = ws.io_proto.transport
         self._max_pending = max_pending_bytes
         self.channels: set[str] = set()
         self.liveness = Liveness(connected_at=now, last_heard=now)
