@@ -173,6 +173,11 @@ def _quiet_abandoned_frames(loop: asyncio.AbstractEventLoop, context: dict[str, 
 
 
 def _make_broker(settings: Settings, registry: ChannelRegistry[Subscriber]) -> Broker:
+    """Redis when configured, imported only then; otherwise the in-process broker."""
+    if settings.redis_url:
+        from bifrost.redis_broker import RedisBroker
+
+        return RedisBroker(settings.redis_url, settings.redis_prefix, registry)
     return LocalBroker(registry)
 
 

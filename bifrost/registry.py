@@ -57,6 +57,10 @@ class ChannelRegistry(Generic[L]):
         """Every channel some local socket listens to."""
         return list(self._channels)
 
+    def is_occupied(self, channel: str) -> bool:
+        """Whether some local socket listens to the channel."""
+        return channel in self._channels
+
     def connect(self, listener: L) -> None:
         """Count a new socket, before it has any channel."""
         self._listeners.add(listener)
