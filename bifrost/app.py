@@ -106,9 +106,8 @@ async def open_service(app: Sanic) -> None:
     broker = _make_broker(settings, registry)
     await broker.start()
     verifier = TokenVerifier.from_settings(settings)
-    app.ctx.service = Service(settings, registry, broker, verifier)
-    app.ctx.stopping = asyncio.Event()
-    app.ctx.reaper = app.add_task(reap_idle_sockets(registry, settings, app.ctx.stopping))
+    service = app.ctx.service = Service(settings, registry, broker, verifier)
+    app.ctx.reaper = app.add_task(reap_idle_sockets(registry, settings, service.stopping))
     asyncio.get_running_loop().set_exception_handler(_quiet_abandoned_frames)
 
 
@@ -147,9 +146,9 @@ def _refuse_start(reason: str) -> NoReturn:
 async def close_service(app: Sanic) -> None:
     """Tell every socket to reconnect elsewhere (1012), then let go of the broker."""
     service = service_of(app)
+    service.stopping.set()
     for subscriber in service.registry.listeners():
         subscriber.close(SERVICE_RESTART)
-    app.ctx.stopping.set()
     await app.ctx.reaper
     await service.broker.stop()
 

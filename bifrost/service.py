@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, field
 
 from sanic import Sanic
 
@@ -23,6 +24,8 @@ class Service:
     registry: ChannelRegistry[Subscriber]
     broker: Broker
     verifier: TokenVerifier
+    # Set when the server begins to stop: new broadcasts are refused, the reaper ends.
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 def service_of(app: Sanic) -> Service:

@@ -32,10 +32,17 @@ broadcast_bp = Blueprint("broadcast")
 @openapi.response(200, {"application/json": BroadcastAnswer}, "Handed to every subscriber")
 @openapi.response(400, {"application/json": ErrorAnswer}, "Not JSON, no token, or a bad token")
 @openapi.response(413, {"application/json": ErrorAnswer}, "Message over the size limit")
-@openapi.response(503, {"application/json": ErrorAnswer}, "Not delivered: broker unavailable")
+@openapi.response(503, {"application/json": ErrorAnswer}, "Not delivered: broker down, restarting")
 async def broadcast(request: Request) -> HTTPResponse:
     """Verify the token, then hand its message to every subscriber of its channels."""
     service = service_of(request.app)
+    if service.stopping.is_set():
+        # Its sockets are closed: the sender must retry on an instance that is not stopping.
+        return json(
+            {"error": "service restarting: not delivered, retry"},
+            status=503,
+            headers={"connection": "close"},
+        )
     try:
         body = orjson.loads(request.body)
     except orjson.JSONDecodeError:
