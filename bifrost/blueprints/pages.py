@@ -1,0 +1,149 @@
+"""Pages for people: `GET /` says what this server is and how busy; `GET /test` is a playground.
+
+The playground exists only in development mode. It subscribes with a development token and
+broadcasts through the real `POST /broadcast`, with tokens this server signs for it: the
+browser never holds the secret. Neither page is part of the HTTP API, so both stay out of the
+OpenAPI document, and neither loads anything from another origin.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jwt
+import orjson
+from sanic import Blueprint, Request
+from sanic.exceptions import NotFound
+from sanic.response import HTTPResponse, html, json
+from sanic_ext import openapi
+
+from bifrost import __version__
+from bifrost.client import broadcast_claims
+from bifrost.keys import HMAC_ALGORITHMS
+from bifrost.service import service_of
+from bifrost.settings import Settings
+from bifrost.tokens import MAX_CHANNEL_NAME_LENGTH
+
+__all__ = ["PLAYGROUND_CHANNEL", "PlaygroundRefusal", "pages_bp", "playground_broadcast"]
+
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+PLAYGROUND_CHANNEL = "playground"
+PLAYGROUND_TTL = 60.0
+# Same-origin only: the pages load their scripts and styles from here and talk to here.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+
+pages_bp = Blueprint("pages")
+pages_bp.static("/static", STATIC_DIR, name="static")
+
+
+class PlaygroundRefusal(Exception):
+    """A playground request that cannot be signed; its text is the reason shown on the page."""
+
+
+@pages_bp.get("/")
+@openapi.exclude()
+async def status_page(request: Request) -> HTTPResponse:
+    """What this server is, with its figures and deliveries per second, live."""
+    page = _read("status.html")
+    page = page.replace("{{version}}", __version__)
+    page = page.replace("{{dev_hidden}}", "" if request.app.state.is_debug else "hidden")
+    return _page(page)
+
+
+@pages_bp.get("/test")
+@openapi.exclude()
+async def playground_page(request: Request) -> HTTPResponse:
+    """Development only: watch a channel's events and broadcast to it from a form."""
+    _development_only(request)
+    return _page(_read("playground.html"))
+
+
+@pages_bp.get("/test/token")
+@openapi.exclude()
+async def playground_subscribe_token(request: Request) -> HTTPResponse:
+    """Development only: a subscribe token for `?channel=` (default `playground`)."""
+    _development_only(request)
+    settings = service_of(request.app).settings
+    try:
+        channel = _channel(request.args.get("channel", PLAYGROUND_CHANNEL))
+        algorithm = _signing_algorithm(settings)
+    except PlaygroundRefusal as refusal:
+        return json({"error": str(refusal)}, status=400)
+    token = jwt.encode({"channels": [channel]}, settings.jwt_secret, algorithm)
+    return json({"channel": channel, "token": token})
+
+
+@pages_bp.post("/test/broadcast-token")
+@openapi.exclude()
+async def playground_broadcast_token(request: Request) -> HTTPResponse:
+    """Development only: a broadcast token for `{channel, event, data}`, valid 60 s.
+
+    The page posts it to `/broadcast` itself, as an application's server would.
+    """
+    _development_only(request)
+    settings = service_of(request.app).settings
+    try:
+        body = orjson.loads(request.body)
+    except orjson.JSONDecodeError:
+        return json({"error": "body must be JSON: {channel, event, data}"}, status=400)
+    try:
+        token = playground_broadcast(settings, body)
+    except PlaygroundRefusal as refusal:
+        return json({"error": str(refusal)}, status=400)
+    return json({"token": token})
+
+
+def playground_broadcast(settings: Settings, body: Any) -> str:
+    """The signed broadcast token a playground form asks for, or the reason it cannot be."""
+    if not isinstance(body, dict):
+        raise PlaygroundRefusal("body must be a JSON object: {channel, event, data}")
+    channel = _channel(body.get("channel", PLAYGROUND_CHANNEL))
+    event = body.get("event")
+    if not isinstance(event, str) or not event:
+        raise PlaygroundRefusal("event must be a non-empty string")
+    claims = broadcast_claims(channel, event, body.get("data"), PLAYGROUND_TTL)
+    return jwt.encode(claims, settings.jwt_secret, _signing_algorithm(settings))
+
+
+def _development_only(request: Request) -> None:
+    if not request.app.state.is_debug:
+        raise NotFound("The playground exists only in development mode (sanic --dev)")
+
+
+def _channel(value: object) -> str:
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_CHANNEL_NAME_LENGTH:
+        raise PlaygroundRefusal(
+            f"channel must be a string of 1 to {MAX_CHANNEL_NAME_LENGTH} characters"
+        )
+    return value
+
+
+def _signing_algorithm(settings: Settings) -> str:
+    """The first HMAC algorithm the server accepts: the playground signs with JWT_SECRET."""
+    for algorithm in settings.jwt_algorithms:
+        if algorithm in HMAC_ALGORITHMS and settings.jwt_secret:
+            return algorithm
+    raise PlaygroundRefusal(
+        "this server accepts no HMAC-signed token (no JWT_SECRET), so the playground "
+        "cannot sign one: add HS512 to BIFROST_JWT_ALGORITHMS and set JWT_SECRET"
+    )
+
+
+def _read(name: str) -> str:
+    return (STATIC_DIR / name).read_text(encoding="utf-8")
+
+
+def _page(text: str) -> HTTPResponse:
+    return html(
+        text,
+        headers={
+            "content-security-policy": CONTENT_SECURITY_POLICY,
+            "x-content-type-options": "nosniff",
+            "referrer-policy": "no-referrer",
+            "cache-control": "no-cache",
+        },
+    )

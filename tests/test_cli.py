@@ -1,0 +1,302 @@
+"""The `bifrost` command, run as a user runs it: the installed script, against live servers."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import IO
+
+import httpx
+import jwt
+import pytest
+from websockets.sync.client import ClientConnection, connect
+
+from tests.live import SECRET, BifrostServer, free_port, subscribe_token
+
+BIFROST = Path(sys.executable).with_name("bifrost")
+RUN_TIMEOUT = 20.0
+SERVE_TIMEOUT = 20.0
+
+
+@pytest.fixture(scope="module", autouse=True)
+def installed_script() -> None:
+    """The tests run the console script that `pip install -e .` puts beside the interpreter."""
+    if not BIFROST.exists():
+        pytest.fail(f"{BIFROST} is missing: run pip install -e '.[test]' again")
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    """An empty working folder, so that no .env of the checkout is read."""
+    return tmp_path
+
+
+def environ(**variables: str) -> dict[str, str]:
+    """The test's environment without Bifröst's variables, plus `variables`."""
+    base = {k: v for k, v in os.environ.items() if k not in {"JWT_SECRET", "BIFROST_URL", "PORT"}}
+    return {**base, **variables}
+
+
+def bifrost(
+    *args: str, env: Mapping[str, str], cwd: Path, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run `bifrost ARGS` to completion and capture what it says."""
+    return subprocess.run(
+        [str(BIFROST), *args],
+        env=dict(env),
+        cwd=cwd,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+    )
+
+
+@pytest.fixture
+def subscriber(server: BifrostServer) -> Iterator[ClientConnection]:
+    """A socket subscribed to `cli:room`."""
+    with connect(server.ws_url) as ws:
+        ws.send(json.dumps({"event": "authenticate", "data": subscribe_token(["cli:room"])}))
+        assert json.loads(ws.recv(5))["event"] == "subscribed"
+        yield ws
+
+
+def test_help_names_every_command(workdir: Path):
+    """`bifrost --help` and each command's --help exit 0 and describe the commands."""
+    main = bifrost("--help", env=environ(), cwd=workdir)
+    assert main.returncode == 0
+    for command in ("token", "broadcast", "listen", "serve"):
+        assert command in main.stdout
+        sub = bifrost(command, "--help", env=environ(), cwd=workdir)
+        assert sub.returncode == 0 and f"bifrost {command}" in sub.stdout
+
+
+def test_no_command_is_a_usage_error(workdir: Path):
+    """Without a command, or with an unknown one, bifrost exits 2 with usage on stderr."""
+    for args in ((), ("fly",)):
+        result = bifrost(*args, env=environ(), cwd=workdir)
+        assert result.returncode == 2
+        assert "usage: bifrost" in result.stderr and not result.stdout
+
+
+def test_token_prints_a_subscribe_token(workdir: Path):
+    """`bifrost token A B` prints only an HS512 token granting channels A and B."""
+    result = bifrost("token", "user:1", "global", env=environ(JWT_SECRET=SECRET), cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    token = result.stdout.strip()
+    assert result.stdout == token + "\n"
+    assert jwt.get_unverified_header(token)["alg"] == "HS512"
+    assert jwt.decode(token, SECRET, ["HS512"]) == {"channels": ["user:1", "global"]}
+
+
+def test_token_without_secret_says_what_to_set(workdir: Path):
+    """Without JWT_SECRET, bifrost token exits 2 and names the variable on stderr."""
+    result = bifrost("token", "user:1", env=environ(), cwd=workdir)
+    assert result.returncode == 2
+    assert "JWT_SECRET" in result.stderr and not result.stdout
+
+
+def test_broadcast_prints_deliveries(server: BifrostServer, subscriber: ClientConnection, workdir):
+    """`bifrost broadcast CHANNEL EVENT DATA` delivers DATA as sent and prints the deliveries."""
+    env = environ(JWT_SECRET=SECRET, BIFROST_URL=server.url)
+    result = bifrost("broadcast", "cli:room", "new_item", '{"id": 42}', env=env, cwd=workdir)
+    assert (result.returncode, result.stdout) == (0, "1\n"), result.stderr
+    assert json.loads(subscriber.recv(5)) == {"event": "new_item", "data": '{"id": 42}'}
+
+
+def test_broadcast_reads_data_from_stdin(
+    server: BifrostServer, subscriber: ClientConnection, workdir
+):
+    """DATA `-` is read from standard input, and --url names the server."""
+    env = environ(JWT_SECRET=SECRET)
+    result = bifrost(
+        "broadcast", "cli:room", "note", "-", "--url", server.url, env=env, cwd=workdir, stdin="hi"
+    )
+    assert (result.returncode, result.stdout) == (0, "1\n"), result.stderr
+    assert json.loads(subscriber.recv(5)) == {"event": "note", "data": "hi"}
+
+
+def test_broadcast_refused_exits_1_with_the_reason(server: BifrostServer, workdir: Path):
+    """A broadcast the server refuses exits 1 with its status and error on stderr."""
+    env = environ(JWT_SECRET="another-secret-" + "y" * 50, BIFROST_URL=server.url)
+    result = bifrost("broadcast", "cli:room", "tick", env=env, cwd=workdir)
+    assert result.returncode == 1 and not result.stdout
+    assert "400" in result.stderr and "Bad signature" in result.stderr
+
+
+def test_broadcast_unreachable_exits_1(workdir: Path):
+    """A server that cannot be reached makes broadcast exit 1 saying so."""
+    env = environ(JWT_SECRET=SECRET, BIFROST_URL=f"http://127.0.0.1:{free_port()}")
+    result = bifrost("broadcast", "cli:room", "tick", env=env, cwd=workdir)
+    assert result.returncode == 1 and "could not be reached" in result.stderr
+
+
+def test_listen_prints_events_as_they_arrive(server: BifrostServer, workdir: Path):
+    """`bifrost listen` prints each event as one JSON line the moment it arrives."""
+    env = environ(JWT_SECRET=SECRET, BIFROST_URL=server.url)
+    with _listening(env, workdir, "cli:listen", "--count", "2") as listener:
+        _wait_for_line(listener.stderr, "subscribed to cli:listen")
+        _send(server, "cli:listen", "first", "1")
+        assert json.loads(_wait_for_line(listener.stdout, "first")) == {
+            "event": "first",
+            "data": "1",
+        }
+        _send(server, "cli:listen", "second", {"n": 2})
+        assert json.loads(_wait_for_line(listener.stdout, "second"))["data"] == {"n": 2}
+        assert listener.process.wait(RUN_TIMEOUT) == 0
+
+
+def test_listen_with_a_refused_token_exits_1(server: BifrostServer, workdir: Path):
+    """A token the server refuses closes the socket 1008, and listen exits 1 saying why."""
+    env = environ(JWT_SECRET="another-secret-" + "y" * 50, BIFROST_URL=server.url)
+    result = bifrost("listen", "cli:room", env=env, cwd=workdir)
+    assert result.returncode == 1
+    assert "1008" in result.stderr and "Not Authorized" in result.stderr
+
+
+def test_listen_unreachable_exits_1(workdir: Path):
+    """A server that cannot be reached makes listen exit 1 at once."""
+    env = environ(JWT_SECRET=SECRET, BIFROST_URL=f"http://127.0.0.1:{free_port()}")
+    result = bifrost("listen", "cli:room", env=env, cwd=workdir)
+    assert result.returncode == 1 and "cannot connect" in result.stderr
+
+
+def test_listen_interrupted_exits_130(server: BifrostServer, workdir: Path):
+    """Ctrl-C (SIGINT) stops listen with exit code 130 and no traceback."""
+    env = environ(JWT_SECRET=SECRET, BIFROST_URL=server.url)
+    with _listening(env, workdir, "cli:quiet") as listener:
+        _wait_for_line(listener.stderr, "subscribed to cli:quiet")
+        listener.process.send_signal(signal.SIGINT)
+        assert listener.process.wait(RUN_TIMEOUT) == 130
+        time.sleep(0.1)
+        assert "Traceback" not in "".join(listener.stderr.queue)
+
+
+def test_serve_runs_the_service(workdir: Path):
+    """`bifrost serve --port P` answers on P with the status page, and SIGTERM stops it cleanly."""
+    port = free_port()
+    with _serving(environ(JWT_SECRET=SECRET), workdir, "--port", str(port)) as base:
+        assert httpx.get(f"{base}/info.json").json()["stats"]["connected"] == 0
+        assert "Bifröst" in httpx.get(f"{base}/").text
+        assert httpx.get(f"{base}/test").status_code == 404
+
+
+def test_serve_dev_opens_the_playground(workdir: Path):
+    """`bifrost serve --dev` runs in development mode, where /test is the playground."""
+    port = free_port()
+    with _serving(environ(), workdir, "--port", str(port), "--dev") as base:
+        page = httpx.get(f"{base}/test")
+        assert page.status_code == 200 and "playground" in page.text
+
+
+class _listening:
+    """`bifrost listen ARGS` in the background, its lines collected as they come."""
+
+    def __init__(self, env: Mapping[str, str], cwd: Path, *args: str) -> None:
+        self.process = subprocess.Popen(
+            [str(BIFROST), "listen", *args],
+            env=dict(env),
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.stdout = self._collect(self.process.stdout)
+        self.stderr = self._collect(self.process.stderr)
+
+    @staticmethod
+    def _collect(stream: IO[str] | None) -> queue.Queue[str]:
+        lines: queue.Queue[str] = queue.Queue()
+
+        def read() -> None:
+            assert stream is not None
+            for line in stream:
+                lines.put(line)
+
+        threading.Thread(target=read, daemon=True).start()
+        return lines
+
+    def __enter__(self) -> _listening:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+
+
+class _serving:
+    """`bifrost serve ARGS` until it answers; on leaving, SIGTERM and expect exit 0."""
+
+    def __init__(self, env: Mapping[str, str], cwd: Path, *args: str) -> None:
+        self.log = cwd / "serve.log"
+        self.args = args
+        self.env = dict(env)
+        self.cwd = cwd
+        self.port = args[args.index("--port") + 1]
+
+    def __enter__(self) -> str:
+        with self.log.open("wb") as log:
+            self.process = subprocess.Popen(
+                [str(BIFROST), "serve", *self.args],
+                env=self.env,
+                cwd=self.cwd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        base = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + SERVE_TIMEOUT
+        while True:
+            assert self.process.poll() is None, f"serve exited:\n{self.log.read_text()}"
+            assert time.monotonic() < deadline, f"serve did not answer:\n{self.log.read_text()}"
+            try:
+                httpx.get(f"{base}/info.json", timeout=0.5)
+                break
+            except httpx.TransportError:
+                time.sleep(0.05)
+        # Sanic's main process can miss a signal in its first moments (see tests/live.py).
+        time.sleep(0.5)
+        return base
+
+    def __exit__(self, *exc: object) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            code = self.process.wait(SERVE_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+            raise
+        if exc == (None, None, None):
+            assert code == 0, f"serve exited {code}:\n{self.log.read_text()}"
+            assert "Traceback" not in self.log.read_text()
+
+
+def _wait_for_line(lines: queue.Queue[str], text: str, timeout: float = 10.0) -> str:
+    """The next line containing `text`, arrived within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    seen = []
+    while (remaining := deadline - time.monotonic()) > 0:
+        try:
+            line = lines.get(timeout=remaining)
+        except queue.Empty:
+            break
+        seen.append(line)
+        if text in line:
+            return line
+    raise AssertionError(f"no line with {text!r} within {timeout:g} s; saw {seen!r}")
+
+
+def _send(server: BifrostServer, channel: str, event: str, data: object) -> None:
+    from bifrost.client import BifrostClient
+
+    answer = BifrostClient(server.url, SECRET).broadcast(channel, event, data)
+    assert answer["deliveries"] == 1
