@@ -23,7 +23,7 @@ from bifrost.connection import Subscriber
 from bifrost.devmode import first_steps
 from bifrost.errors import JSONErrorHandler
 from bifrost.limits import raise_open_file_limit
-from bifrost.logs import configure_logging
+from bifrost.logs import configure_logging, sanic_log_config
 from bifrost.protocol import SERVICE_RESTART
 from bifrost.reaper import reap_idle_sockets
 from bifrost.registry import ChannelRegistry
@@ -48,9 +48,16 @@ ABANDONED_FRAMES = "WebsocketImplProtocol.async_data_received"
 
 def create_app(settings: Settings | None = None, name: str = "bifrost") -> Sanic:
     """Build the application from `settings`, or from the environment and `.env` when None."""
-    configure_logging()
-    app = Sanic(name, dumps=dump_json, loads=orjson.loads, error_handler=JSONErrorHandler())
-    app.ctx.settings = settings or load_settings(read_environment())
+    settings = settings or load_settings(read_environment())
+    configure_logging(settings.log_format)
+    app = Sanic(
+        name,
+        dumps=dump_json,
+        loads=orjson.loads,
+        error_handler=JSONErrorHandler(),
+        log_config=sanic_log_config(settings.log_format),
+    )
+    app.ctx.settings = settings
     _configure_sanic(app, app.ctx.settings)
     app.blueprint(all_blueprints)
     app.main_process_start(check_start_up)
@@ -147,7 +154,10 @@ async def close_service(app: Sanic) -> None:
     """Tell every socket to reconnect elsewhere (1012), then let go of the broker."""
     service = service_of(app)
     service.stopping.set()
-    for subscriber in service.registry.listeners():
+    subscribers = service.registry.listeners()
+    if subscribers:
+        logger.info("stopping: closing %d sockets with 1012 (service restart)", len(subscribers))
+    for subscriber in subscribers:
         subscriber.close(SERVICE_RESTART)
     await app.ctx.reaper
     await service.broker.stop()

@@ -17,6 +17,7 @@ from sanic.server.websockets.impl import WebsocketImplProtocol
 from websockets.protocol import State
 
 from bifrost.liveness import Liveness
+from bifrost.metrics import socket_closed_by_server
 from bifrost.protocol import SLOW_CONSUMER, Close
 from bifrost.ratelimit import FrameBudget
 
@@ -79,6 +80,7 @@ class Subscriber:
         protocol.send_close(close.code, close.reason)
         for data in protocol.data_to_send():
             self._transport.write(data)
+        socket_closed_by_server(close)
         asyncio.get_running_loop().call_later(CLOSE_HANDSHAKE_TIMEOUT, self._abort_if_open)
 
     def _abort_if_open(self) -> None:

@@ -66,6 +66,7 @@ class Settings:
     allowed_origins: frozenset[str] = field(default_factory=frozenset)
     redis_url: str | None = None
     redis_prefix: str = "bifrost:"
+    log_format: str = "text"
     secret_is_throwaway: bool = False
 
     def public_summary(self) -> dict[str, object]:
@@ -86,6 +87,7 @@ class Settings:
             "max_connections": self.max_connections,
             "allowed_origins": ",".join(sorted(self.allowed_origins)) or "any",
             "broker": "redis" if self.redis_url else "in-process",
+            "log_format": self.log_format,
         }
 
 
@@ -121,6 +123,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         allowed_origins=reader.origins("BIFROST_ALLOWED_ORIGINS"),
         redis_url=environ.get("BIFROST_REDIS_URL") or None,
         redis_prefix=environ.get("BIFROST_REDIS_PREFIX", "bifrost:"),
+        log_format=reader.choice("BIFROST_LOG_FORMAT", ("text", "json")),
     )
     if settings.idle_timeout <= settings.ping_interval:
         raise SettingsError(
@@ -224,6 +227,13 @@ class _Reader:
             unit = "whole number" if kind is int else "number"
             raise SettingsError(f"{name}={raw!r} is not a positive {unit}: set e.g. {default}")
         return value
+
+    def choice(self, name: str, options: tuple[str, ...]) -> str:
+        """One of `options`, the first by default."""
+        raw = self.environ.get(name) or options[0]
+        if raw.strip().lower() not in options:
+            raise SettingsError(f"{name}={raw!r} is not known: set one of {', '.join(options)}")
+        return raw.strip().lower()
 
     def origins(self, name: str) -> frozenset[str]:
         raw = self.environ.get(name, "")

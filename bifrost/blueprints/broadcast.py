@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json as stdlib_json
 import logging
+from time import perf_counter
 from typing import Any
 
 import orjson
@@ -15,6 +16,7 @@ from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json
 from sanic_ext import openapi
 
+from bifrost import metrics
 from bifrost.broker import BrokerUnavailable
 from bifrost.schemas import BroadcastAnswer, BroadcastRequest, ErrorAnswer
 from bifrost.service import service_of
@@ -38,6 +40,7 @@ async def broadcast(request: Request) -> HTTPResponse:
     service = service_of(request.app)
     if service.stopping.is_set():
         # Its sockets are closed: the sender must retry on an instance that is not stopping.
+        metrics.broadcast_answered(503)
         return json(
             {"error": "service restarting: not delivered, retry"},
             status=503,
@@ -53,16 +56,19 @@ async def broadcast(request: Request) -> HTTPResponse:
         order = service.verifier.broadcast_order(body["token"])
     except TokenRejected as rejection:
         logger.info("broadcast refused for %s: %s", request.client_ip, rejection)
+        metrics.authentication_failed("broadcast", str(rejection))
         return _error(str(rejection), 400)
     payload = encode_message(order.message)
     limit = service.settings.max_message_bytes
     if len(payload) > limit:
         return _error(f"message is {len(payload)} bytes of JSON, over the limit of {limit}", 413)
+    started = perf_counter()
     try:
         deliveries = await service.broker.publish(order.channels, payload)
     except BrokerUnavailable as failure:
         logger.warning("broadcast not delivered: %s", failure)
         return _error(f"message not delivered: {failure}", 503)
+    metrics.broadcast_delivered(deliveries, perf_counter() - started)
     return json({"message": "Success", "deliveries": deliveries})
 
 
@@ -79,4 +85,5 @@ def encode_message(message: dict[str, Any]) -> bytes:
 
 
 def _error(reason: str, status: int) -> HTTPResponse:
+    metrics.broadcast_answered(status)
     return json({"error": reason}, status=status)

@@ -13,6 +13,7 @@ from sanic.response import HTTPResponse, json
 from sanic.server.websockets.impl import WebsocketImplProtocol
 from sanic_ext import openapi
 
+from bifrost import metrics
 from bifrost.connection import Subscriber
 from bifrost.protocol import (
     NOT_AUTHORIZED,
@@ -56,9 +57,11 @@ async def admit_handshake(request: Request) -> HTTPResponse | None:
     origin = request.headers.get("origin")
     if settings.allowed_origins and origin and origin.rstrip("/") not in settings.allowed_origins:
         logger.info("refused handshake from origin %s", origin)
+        metrics.handshake_refused("origin")
         return json({"error": "Origin not allowed"}, status=403)
     if service_of(request.app).registry.connected >= settings.max_connections:
         logger.warning("refused handshake: %d connections open", settings.max_connections)
+        metrics.handshake_refused("full")
         return json({"error": "Too many connections, try another instance"}, status=503)
     return None
 
@@ -106,6 +109,7 @@ async def _handle_frame(
         case Ignore():
             pass
         case Close() as close:
+            logger.info("closing socket of %s: %s", peer, close.reason)
             subscriber.close(close)
 
 
@@ -115,6 +119,7 @@ async def _authenticate(service: Service, subscriber: Subscriber, token: object,
         channels = service.verifier.subscribe_channels(token)
     except TokenRejected as rejection:
         logger.info("authentication failed for %s: %s", peer, rejection)
+        metrics.authentication_failed("subscribe", str(rejection))
         subscriber.close(NOT_AUTHORIZED)
         return
     for channel in service.registry.subscribe(subscriber, channels):

@@ -1,0 +1,227 @@
+"""What an operator watches, as Prometheus metrics: the metric objects and the events they count.
+
+Every worker is a process of its own, so with several workers the figures must be summed over
+processes. prometheus-client's multiprocess mode does it: each worker writes its values to
+files in `PROMETHEUS_MULTIPROC_DIR`, which the main process sets up before the workers are
+spawned (they read the variable when they import this module), and a scrape, whichever worker
+answers it, reads them all. The gauges count live workers only: a worker that stops is marked
+dead, and its connections no longer count.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import tempfile
+
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+    values,
+)
+
+from bifrost.protocol import (
+    AUTHENTICATION_TIMEOUT,
+    BINARY_REFUSED,
+    IDLE_TIMEOUT,
+    NOT_AUTHORIZED,
+    RATE_LIMIT,
+    SERVICE_RESTART,
+    SLOW_CONSUMER,
+    Close,
+)
+from bifrost.tokens import BAD_SIGNATURE
+
+__all__ = [
+    "AUTH_FAILURE_REASONS",
+    "CONTENT_TYPE",
+    "MULTIPROC_DIR_VARIABLE",
+    "authentication_failed",
+    "authentication_failure_reason",
+    "broadcast_answered",
+    "broadcast_delivered",
+    "close_reason",
+    "exposition",
+    "handshake_refused",
+    "is_multiprocess",
+    "prepare_multiprocess_dir",
+    "remove_multiprocess_dir",
+    "sample",
+    "socket_closed_by_server",
+    "worker_stopped",
+]
+
+MULTIPROC_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+# The classic text format, which every Prometheus and compatible scraper reads.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# A broadcast is answered within milliseconds in-process and within a Redis round trip or two
+# across nodes; the publisher waits at most 5 s for the other nodes' answers.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+CONNECTIONS = Gauge(
+    "bifrost_connections",
+    "Open websocket connections.",
+    multiprocess_mode="livesum",
+)
+CHANNELS = Gauge(
+    "bifrost_channels",
+    "Channels with at least one subscriber, counted in each worker and added up.",
+    multiprocess_mode="livesum",
+)
+SUBSCRIPTIONS = Gauge(
+    "bifrost_subscriptions",
+    "Socket-channel pairs.",
+    multiprocess_mode="livesum",
+)
+BROKER_AVAILABLE = Gauge(
+    "bifrost_broker_available",
+    "1 when every worker's broker can carry broadcasts, 0 when one cannot (Redis lost).",
+    multiprocess_mode="livemin",
+)
+BROADCASTS = Counter(
+    "bifrost_broadcasts",
+    "POST /broadcast answered, by status: 200 delivered, 400/413 refused, 503 not delivered.",
+    ["status"],
+)
+DELIVERIES = Counter(
+    "bifrost_deliveries",
+    "Sockets handed a broadcast's message, as answered by POST /broadcast.",
+)
+BROADCAST_LATENCY = Histogram(
+    "bifrost_broadcast_seconds",
+    "Time from a verified broadcast token to its message handed to every subscriber.",
+    buckets=LATENCY_BUCKETS,
+)
+AUTH_FAILURES = Counter(
+    "bifrost_authentication_failures",
+    "Tokens refused, by endpoint (subscribe, broadcast) and reason.",
+    ["endpoint", "reason"],
+)
+SOCKETS_CLOSED = Counter(
+    "bifrost_sockets_closed",
+    "Websockets closed by the server, by reason.",
+    ["reason"],
+)
+HANDSHAKES_REFUSED = Counter(
+    "bifrost_handshakes_refused",
+    "Websocket handshakes refused before upgrading, by reason (origin, full).",
+    ["reason"],
+)
+
+CLOSE_REASONS: dict[Close, str] = {
+    IDLE_TIMEOUT: "idle",
+    AUTHENTICATION_TIMEOUT: "auth_timeout",
+    SLOW_CONSUMER: "slow_consumer",
+    RATE_LIMIT: "rate_limit",
+    NOT_AUTHORIZED: "not_authorized",
+    BINARY_REFUSED: "binary_frame",
+    SERVICE_RESTART: "shutdown",
+}
+
+# The label of a refused token, from the start of the reason the verifier gives: a few fixed
+# values, so that the metric's series stay few whatever a client sends.
+AUTH_FAILURE_REASONS: tuple[tuple[str, str], ...] = (
+    (BAD_SIGNATURE, "signature"),
+    ("token has expired", "expired"),
+    ("token is not valid yet", "not_yet_valid"),
+    ("token algorithm is not allowed", "algorithm"),
+    ("token must be a non-empty string", "malformed"),
+    ("invalid token", "malformed"),
+)
+OTHER_AUTH_FAILURE = "claims"
+
+
+def close_reason(close: Close) -> str:
+    """The label of a server close: idle, auth_timeout, slow_consumer, rate_limit, ..."""
+    return CLOSE_REASONS.get(close, "other")
+
+
+def authentication_failure_reason(reason: str) -> str:
+    """The label of a token refusal: signature, expired, algorithm, malformed, claims, ..."""
+    for start, label in AUTH_FAILURE_REASONS:
+        if reason.startswith(start):
+            return label
+    return OTHER_AUTH_FAILURE
+
+
+def socket_closed_by_server(close: Close) -> None:
+    SOCKETS_CLOSED.labels(close_reason(close)).inc()
+
+
+def authentication_failed(endpoint: str, reason: str) -> None:
+    AUTH_FAILURES.labels(endpoint, authentication_failure_reason(reason)).inc()
+
+
+def handshake_refused(reason: str) -> None:
+    HANDSHAKES_REFUSED.labels(reason).inc()
+
+
+def broadcast_answered(status: int) -> None:
+    """Count a broadcast answered with an error status."""
+    BROADCASTS.labels(str(status)).inc()
+
+
+def broadcast_delivered(deliveries: int, seconds: float) -> None:
+    BROADCASTS.labels("200").inc()
+    DELIVERIES.inc(deliveries)
+    BROADCAST_LATENCY.observe(seconds)
+
+
+def sample(connected: int, channels: int, subscriptions: int, broker_available: bool) -> None:
+    """Set this worker's gauges to its figures now."""
+    CONNECTIONS.set(connected)
+    CHANNELS.set(channels)
+    SUBSCRIPTIONS.set(subscriptions)
+    BROKER_AVAILABLE.set(1 if broker_available else 0)
+
+
+def is_multiprocess() -> bool:
+    """Whether this process's metrics live in the shared folder (decided at import)."""
+    return values.ValueClass is not values.MutexValue
+
+
+def exposition() -> bytes:
+    """The metrics in the Prometheus text format: every worker's, when there are several."""
+    if not is_multiprocess():
+        return generate_latest(REGISTRY)
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return generate_latest(registry)
+
+
+def prepare_multiprocess_dir() -> str | None:
+    """In the main process, before workers exist: the folder they will write their metrics to.
+
+    An operator's own `PROMETHEUS_MULTIPROC_DIR` is emptied of a previous run's files and kept;
+    otherwise a temporary folder is made, and its path returned so that it can be removed.
+    """
+    given = os.environ.get(MULTIPROC_DIR_VARIABLE)
+    if given:
+        os.makedirs(given, exist_ok=True)
+        for stale in glob.glob(os.path.join(given, "*.db")):
+            os.remove(stale)
+        return None
+    made = tempfile.mkdtemp(prefix="bifrost-metrics-")
+    os.environ[MULTIPROC_DIR_VARIABLE] = made
+    return made
+
+
+def remove_multiprocess_dir(made: str | None) -> None:
+    """When the main process stops: remove the folder it made."""
+    if made:
+        shutil.rmtree(made, ignore_errors=True)
+        if os.environ.get(MULTIPROC_DIR_VARIABLE) == made:
+            del os.environ[MULTIPROC_DIR_VARIABLE]
+
+
+def worker_stopped() -> None:
+    """A worker's last word: its gauges stop counting (its counters keep their totals)."""
+    if is_multiprocess():
+        multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
