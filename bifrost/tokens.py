@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import jwt
+from jwt.algorithms import HMACAlgorithm
 
 from bifrost.keys import HMAC_ALGORITHMS, PublicKey
 from bifrost.settings import Settings
@@ -62,6 +63,12 @@ class TokenVerifier:
         self._require_exp = require_exp
         self._max_channels = max_channels
         self._jwt = jwt.PyJWT()
+        # pyjwt checks an HMAC secret afresh for every token (that it is no PEM, SSH or JSON
+        # key), which is 40 % of verifying one; the secrets are checked here once instead.
+        for algorithm in HMAC_ALGORITHMS.intersection(self._algorithms):
+            hmac = _PreparedHMAC(_HASHES[algorithm], self._secrets)
+            self._jwt._jws.unregister_algorithm(algorithm)
+            self._jwt._jws.register_algorithm(algorithm, hmac)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TokenVerifier:
@@ -151,6 +158,25 @@ class TokenVerifier:
                 f"each of {claim} must be a string of 1 to {MAX_CHANNEL_NAME_LENGTH} characters"
             )
         return list(dict.fromkeys(channels))
+
+
+_HASHES = {
+    "HS256": HMACAlgorithm.SHA256,
+    "HS384": HMACAlgorithm.SHA384,
+    "HS512": HMACAlgorithm.SHA512,
+}
+
+
+class _PreparedHMAC(HMACAlgorithm):
+    """HMAC whose configured secrets were checked once, at start-up, not on every token."""
+
+    def __init__(self, hash_alg: Any, secrets: Sequence[bytes]) -> None:
+        super().__init__(hash_alg)
+        self._prepared = {secret: HMACAlgorithm.prepare_key(self, secret) for secret in secrets}
+
+    def prepare_key(self, key: str | bytes) -> bytes:
+        prepared = self._prepared.get(key) if isinstance(key, bytes) else None
+        return prepared if prepared is not None else super().prepare_key(key)
 
 
 def _is_channel_name(value: object) -> bool:
