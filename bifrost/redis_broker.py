@@ -1,15 +1,16 @@
 """Redis as the broker between workers and nodes: per-channel pub/sub with exact counts.
 
-Each process subscribes in Redis only to the channels its own sockets hear, so a node never
-receives traffic for channels nobody on it listens to. A broadcast is published once on each
-channel it names; every node that receives a copy answers the publisher on its reply channel
-with how many sockets it handed the message to (a node that got the same broadcast through
-several channels delivers it once and answers the other copies with zero). PUBLISH tells how
-many copies went out, so the publisher knows how many answers to wait for: `deliveries` is
-exact across nodes, and bounded in time when a node dies mid-way.
+Each process (a node: one worker of one machine) subscribes in Redis only to the channels its
+own sockets hear, so it never receives traffic for channels nobody on it listens to. A
+broadcast is one envelope (id, channels, publisher, message) published on each channel it
+names. Every node that receives a copy answers the publisher with how many sockets it handed
+the message to; a node that gets the same broadcast through several channels delivers it once
+and answers the other copies with zero. PUBLISH says how many copies went out, so the publisher
+knows how many answers to wait for: `deliveries` is exact across nodes, and bounded in time
+when a node stops answering.
 
-Figures for `/info.json` come from a heartbeat hash per node that expires, so a node that
-dies without saying goodbye stops counting within a few seconds.
+Figures for `/info.json` come from a heartbeat hash per node that expires, so a node that dies
+without saying goodbye stops counting within `HEARTBEAT_TTL` seconds.
 """
 
 from __future__ import annotations
@@ -17,42 +18,104 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import uuid
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from time import monotonic
+from typing import Any, cast
 
 import orjson
 import redis.asyncio as redis
+from redis.asyncio.client import PubSub
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from bifrost.broker import Broker, BrokerUnavailable, Totals
 from bifrost.protocol import text_frame
 from bifrost.registry import ChannelRegistry
 
-__all__ = ["HEARTBEAT_TTL", "RedisBroker"]
+__all__ = [
+    "HEARTBEAT_INTERVAL",
+    "HEARTBEAT_TTL",
+    "REPLY_TIMEOUT",
+    "Envelope",
+    "RedisBroker",
+    "decode_envelope",
+    "encode_envelope",
+]
 
 logger = logging.getLogger("bifrost.redis")
 
+# A command that takes longer means Redis is unreachable: a broadcast is refused with 503.
 COMMAND_TIMEOUT = 2.0
+# How long a publisher waits for the answers of the nodes that received its broadcast.
 REPLY_TIMEOUT = 5.0
-SUBSCRIBE_TIMEOUT = 2.0
+# The listener pings its connection this often, and gives it up after this many in a row
+# go unanswered: a Redis that is unreachable without closing the connection.
+PING_INTERVAL = 1.0
+UNANSWERED_PINGS = 3
+# Each node renews its figures this often; they expire this long after the last renewal.
 HEARTBEAT_INTERVAL = 1.0
 HEARTBEAT_TTL = 3
-RECONNECT_BACKOFF = (0.1, 0.2, 0.5, 1.0, 2.0)
+# The set naming every node outlives its members, and vanishes once a deployment is gone.
+NODES_TTL = 60
+RECONNECT_BACKOFF = (0.1, 0.2, 0.5, 1.0)
+# Copies of one broadcast arrive together; this many ids is ample to recognise the others.
 REMEMBERED_BROADCASTS = 10_000
+
+REDIS_FAILURES = (RedisError, OSError, TimeoutError)
+CONNECTING = "connecting to Redis"
+FIGURES = ("connected", "deliveries", "channels", "subscriptions")
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """One broadcast as it travels between nodes."""
+
+    id: str
+    reply: str
+    channels: list[str]
+    payload: bytes
+
+
+def encode_envelope(envelope: Envelope) -> bytes:
+    """A JSON header line, then the message's JSON untouched (never decoded and re-encoded)."""
+    header = {"id": envelope.id, "reply": envelope.reply, "channels": envelope.channels}
+    return orjson.dumps(header) + b"\n" + envelope.payload
+
+
+def decode_envelope(data: bytes) -> Envelope:
+    """The envelope in `data`; ValueError when it is not one."""
+    header_line, newline, payload = data.partition(b"\n")
+    header = orjson.loads(header_line) if newline else None
+    if not isinstance(header, dict):
+        raise ValueError("not a broadcast envelope")
+    broadcast_id, reply, channels = header.get("id"), header.get("reply"), header.get("channels")
+    if not (
+        isinstance(broadcast_id, str)
+        and isinstance(reply, str)
+        and isinstance(channels, list)
+        and all(isinstance(c, str) for c in channels)
+    ):
+        raise ValueError("broadcast envelope without id, reply and channels")
+    return Envelope(broadcast_id, reply, channels, payload)
 
 
 class _PendingBroadcast:
-    """The answers a publisher waits for: how many are due, and the deliveries they report."""
+    """A publisher's wait for the answers of the nodes its broadcast reached."""
 
-    __slots__ = ("answered", "deliveries", "done", "expected")
+    __slots__ = ("answered", "deliveries", "done", "expected", "lost")
 
     def __init__(self) -> None:
         self.expected: int | None = None
         self.answered = 0
         self.deliveries = 0
-        self.done = asyncio.get_running_loop().create_future()
+        self.lost = False
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def answer(self, deliveries: int) -> None:
         self.answered += 1
@@ -63,6 +126,12 @@ class _PendingBroadcast:
         self.expected = copies
         self._settle()
 
+    def give_up(self) -> None:
+        """Redis is lost: no more answers will come."""
+        self.lost = True
+        if not self.done.done():
+            self.done.set_result(None)
+
     def _settle(self) -> None:
         if self.expected is not None and self.answered >= self.expected and not self.done.done():
             self.done.set_result(None)
@@ -72,219 +141,324 @@ class RedisBroker(Broker):
     """Carries broadcasts through Redis pub/sub and sums the figures of every node."""
 
     def __init__(self, url: str, prefix: str, registry: ChannelRegistry[Any]) -> None:
-        self._url = url
         self._prefix = prefix
         self._registry = registry
         self._node = uuid.uuid4().hex
-        self._reply_key = f"{prefix}reply:{self._node}".encode()
-        self._commands = redis.Redis.from_url(
-            url, socket_timeout=COMMAND_TIMEOUT, socket_connect_timeout=COMMAND_TIMEOUT
-        )
-        self._listener: redis.Redis | None = None
-        self._pubsub: redis.client.PubSub | None = None
-        self._unavailable: str | None = "connecting to Redis"
+        self._reply_channel = f"{prefix}reply:{self._node}".encode()
+        self._node_key = f"{prefix}node:{self._node}"
+        self._nodes_key = f"{prefix}nodes"
+        # The broker reconnects itself, with backoff; redis-py must not retry behind its back
+        # (a retried PUBLISH could go out twice, a silently resubscribed listener miss copies).
+        options: dict[str, Any] = {
+            "socket_timeout": COMMAND_TIMEOUT,
+            "socket_connect_timeout": COMMAND_TIMEOUT,
+        }
+        self._commands = redis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), **options)
+        self._listening = redis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), **options)
+        self._pubsub: PubSub | None = None
+        self._unavailable: str | None = CONNECTING
+        self._last_error: Exception | None = None
+        self._ready: asyncio.Future[None] | None = None
         self._pending: dict[str, _PendingBroadcast] = {}
         self._confirmations: dict[bytes, asyncio.Future[None]] = {}
         self._seen: OrderedDict[str, None] = OrderedDict()
+        self._answers: asyncio.Queue[tuple[bytes, bytes]] = asyncio.Queue()
+        self._answerer: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        connected = asyncio.get_running_loop().create_future()
+        """Connect, but serve even while Redis is down: readiness says so, reconnection goes on."""
+        self._ready = asyncio.get_running_loop().create_future()
+        self._answerer = asyncio.create_task(self._answer_forever(), name="bifrost-redis-answers")
         self._tasks = [
-            asyncio.create_task(self._listen_forever(connected)),
-            asyncio.create_task(self._heartbeat_forever()),
+            asyncio.create_task(self._listen_forever(), name="bifrost-redis-listener"),
+            asyncio.create_task(self._heartbeat_forever(), name="bifrost-redis-heartbeat"),
         ]
-        # Start serving even with Redis down: readiness says so, and reconnection goes on.
         try:
-            await asyncio.wait_for(asyncio.shield(connected), COMMAND_TIMEOUT)
+            await asyncio.wait_for(asyncio.shield(self._ready), COMMAND_TIMEOUT)
         except TimeoutError:
-            logger.warning("Redis not reachable at start-up; retrying in the background")
+            why = self._last_error or "no answer"
+            logger.warning("Redis not reachable at start-up (%s); retrying", why)
 
     async def stop(self) -> None:
+        """Let broadcasts in flight hear their answers, then say goodbye to the other nodes."""
+        in_flight = [p.done for p in self._pending.values() if not p.done.done()]
+        if in_flight:
+            await asyncio.wait(in_flight, timeout=REPLY_TIMEOUT)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        # Said goodbye: this node stops counting at once (otherwise its heartbeat expires).
-        with contextlib.suppress(RedisError, OSError, TimeoutError):
-            await asyncio.wait_for(self._commands.delete(self._node_key()), COMMAND_TIMEOUT)
-        await self._close_pubsub()
-        await self._commands.aclose()
+        if self._answerer is not None:
+            # Answers already owed go out, so that no publisher waits for them in vain.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._answers.join(), COMMAND_TIMEOUT)
+            self._answerer.cancel()
+            await asyncio.gather(self._answerer, return_exceptions=True)
+        # This node stops counting at once, rather than when its heartbeat expires.
+        with contextlib.suppress(*REDIS_FAILURES):
+            async with asyncio.timeout(COMMAND_TIMEOUT):
+                pipe = self._commands.pipeline(transaction=True)
+                pipe.delete(self._node_key)
+                pipe.srem(self._nodes_key, self._node)
+                await pipe.execute()
+        for client in (self._commands, self._listening):
+            with contextlib.suppress(*REDIS_FAILURES):
+                await client.aclose()
 
     def unavailable_reason(self) -> str | None:
         return self._unavailable
 
     async def channel_occupied(self, channel: str) -> None:
-        """Subscribe, and wait until Redis confirms, so a broadcast sent next is not missed."""
+        """Subscribe, and wait until Redis confirms, so that a broadcast sent next is heard."""
+        pubsub = self._pubsub
+        if pubsub is None:
+            return  # not connected: the channel is subscribed with all others on reconnection
         key = self._channel_key(channel)
-        if self._pubsub is None or self._unavailable:
-            return  # resubscribed from the registry once Redis is back
         confirmed = asyncio.get_running_loop().create_future()
         self._confirmations[key] = confirmed
         try:
-            await self._pubsub.subscribe(key)
-            await asyncio.wait_for(confirmed, SUBSCRIBE_TIMEOUT)
-        except (RedisError, OSError, TimeoutError) as error:
+            async with asyncio.timeout(COMMAND_TIMEOUT):
+                await pubsub.subscribe(key)
+                await confirmed
+        except REDIS_FAILURES as error:
             logger.warning("subscribing to %r in Redis failed: %s", channel, error)
         finally:
-            self._confirmations.pop(key, None)
+            if self._confirmations.get(key) is confirmed:
+                del self._confirmations[key]
 
     async def channel_vacated(self, channel: str) -> None:
-        if self._pubsub is None or self._unavailable or self._registry.is_occupied(channel):
+        pubsub = self._pubsub
+        if pubsub is None or self._registry.is_occupied(channel):
             return
         try:
-            await self._pubsub.unsubscribe(self._channel_key(channel))
-        except (RedisError, OSError) as error:
+            async with asyncio.timeout(COMMAND_TIMEOUT):
+                await pubsub.unsubscribe(self._channel_key(channel))
+        except REDIS_FAILURES as error:
             logger.warning("unsubscribing from %r in Redis failed: %s", channel, error)
 
     async def publish(self, channels: Sequence[str], payload: bytes) -> int:
         if self._unavailable:
             raise BrokerUnavailable(self._unavailable)
-        broadcast_id = uuid.uuid4().hex
-        header = orjson.dumps({"id": broadcast_id, "reply": self._node, "channels": channels})
-        envelope = header + b"\n" + payload
-        pending = self._pending[broadcast_id] = _PendingBroadcast()
+        envelope = Envelope(uuid.uuid4().hex, self._node, list(channels), payload)
+        data = encode_envelope(envelope)
+        pending = self._pending[envelope.id] = _PendingBroadcast()
         try:
             try:
                 async with asyncio.timeout(COMMAND_TIMEOUT):
                     pipe = self._commands.pipeline(transaction=False)
-                    for channel in channels:
-                        pipe.publish(self._channel_key(channel), envelope)
+                    for channel in envelope.channels:
+                        pipe.publish(self._channel_key(channel), data)
                     copies = sum(await pipe.execute())
-            except (RedisError, OSError, TimeoutError) as error:
-                raise BrokerUnavailable(f"Redis did not take the message ({error})") from None
+            except REDIS_FAILURES as error:
+                logger.warning("Redis did not take broadcast %s: %s", envelope.id, error)
+                raise BrokerUnavailable("Redis did not take the message") from None
             pending.expect(copies)
             try:
-                await asyncio.wait_for(pending.done, REPLY_TIMEOUT)
+                await asyncio.wait_for(asyncio.shield(pending.done), REPLY_TIMEOUT)
             except TimeoutError:
                 logger.warning(
-                    "broadcast %s: %d of %d nodes answered within %g s",
-                    broadcast_id,
+                    "broadcast %s: %d of %d copies answered within %g s",
+                    envelope.id,
                     pending.answered,
                     copies,
                     REPLY_TIMEOUT,
                 )
+            if pending.lost and pending.answered < copies:
+                if not pending.answered:
+                    raise BrokerUnavailable("Redis was lost before any node confirmed delivery")
+                logger.warning(
+                    "broadcast %s: Redis lost after %d of %d answers; %d deliveries at least",
+                    envelope.id,
+                    pending.answered,
+                    copies,
+                    pending.deliveries,
+                )
             return pending.deliveries
         finally:
-            del self._pending[broadcast_id]
+            del self._pending[envelope.id]
 
     async def totals(self) -> Totals:
-        """The local figures, plus every other node's latest heartbeat."""
+        """This node's live figures, plus every other node's latest heartbeat."""
         local = self._local_figures()
         figures = [local]
-        try:
-            async with asyncio.timeout(COMMAND_TIMEOUT):
-                keys = [k async for k in self._commands.scan_iter(match=self._node_key("*"))]
-                others = [k for k in keys if k != self._node_key().encode()]
-                if others:
-                    pipe = self._commands.pipeline(transaction=False)
-                    for key in others:
-                        pipe.hgetall(key)
-                    for values in await pipe.execute():
-                        if values:
-                            figures.append({k.decode(): int(v) for k, v in values.items()})
-        except (RedisError, OSError, TimeoutError) as error:
-            logger.warning("figures of other nodes unavailable: %s", error)
-        return Totals(**{name: sum(f[name] for f in figures) for name in local})
+        if self._unavailable is None:
+            try:
+                async with asyncio.timeout(COMMAND_TIMEOUT):
+                    figures += await self._other_nodes_figures()
+            except REDIS_FAILURES as error:
+                logger.warning("figures of the other nodes unavailable: %s", error)
+        return Totals(**{name: sum(f[name] for f in figures) for name in FIGURES})
 
-    # -- the reader: one pub/sub connection, reconnected with backoff --------------------
+    async def _other_nodes_figures(self) -> list[dict[str, int]]:
+        """The figures of every other node whose heartbeat has not expired; forget the rest."""
+        members = cast("set[bytes]", await self._commands.smembers(self._nodes_key))
+        nodes = [node.decode() for node in members if node.decode() != self._node]
+        if not nodes:
+            return []
+        pipe = self._commands.pipeline(transaction=False)
+        for node in nodes:
+            pipe.hgetall(f"{self._prefix}node:{node}")
+        heartbeats = await pipe.execute()
+        gone = [node for node, values in zip(nodes, heartbeats, strict=True) if not values]
+        if gone:
+            await self._commands.srem(self._nodes_key, *gone)
+        return [
+            {name: int(values.get(name.encode(), 0)) for name in FIGURES}
+            for values in heartbeats
+            if values
+        ]
 
-    async def _listen_forever(self, connected: asyncio.Future[None]) -> None:
+    # -- the listener: one pub/sub connection, reconnected with backoff ---------------------
+
+    async def _listen_forever(self) -> None:
+        """Hold the pub/sub connection; after a loss, reconnect and resubscribe every channel."""
         attempt = 0
         while True:
+            pubsub = self._listening.pubsub()
             try:
-                await self._connect_pubsub()
-                if self._unavailable and attempt:
-                    logger.warning("Redis is back; resubscribed to %d channels", self._count())
-                self._unavailable = None
-                attempt = 0
-                if not connected.done():
-                    connected.set_result(None)
-                await self._read_messages()
-            except (RedisError, OSError, TimeoutError) as error:
+                await pubsub.subscribe(self._reply_channel)
+                # From here channel_occupied subscribes itself; the channels occupied until
+                # now are read in the same step, so none falls between the two.
+                self._pubsub = pubsub
+                keys = [self._channel_key(c) for c in self._registry.occupied_channels()]
+                if keys:
+                    await pubsub.subscribe(*keys)
+                # Its pong comes after every subscription above: then the broker is available.
+                await pubsub.ping()
+                await self._read(pubsub)
+            except REDIS_FAILURES as error:
                 if self._unavailable is None:
-                    logger.error("lost Redis: %s", error)
-                self._unavailable = f"Redis unreachable: {error}"
-                self._fail_pending()
-            delay = RECONNECT_BACKOFF[min(attempt, len(RECONNECT_BACKOFF) - 1)]
+                    attempt = 0
+                self._lost("Redis unreachable", error)
+            except Exception:
+                logger.exception("the Redis listener failed; reconnecting")
+                self._lost("the Redis listener failed", None)
+            finally:
+                self._pubsub = None
+                with contextlib.suppress(*REDIS_FAILURES):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+            if self._unavailable is not None:
+                # Pooled connections to the Redis that went away would each fail once more.
+                with contextlib.suppress(*REDIS_FAILURES):
+                    await self._commands.connection_pool.disconnect()
+            await asyncio.sleep(_backoff(attempt))
             attempt += 1
-            await asyncio.sleep(delay)
 
-    async def _connect_pubsub(self) -> None:
-        await self._close_pubsub()
-        self._listener = redis.Redis.from_url(
-            self._url, socket_connect_timeout=COMMAND_TIMEOUT, health_check_interval=5
-        )
-        self._pubsub = self._listener.pubsub()
-        keys = [self._channel_key(c) for c in self._registry.occupied_channels()]
-        await self._pubsub.subscribe(self._reply_key, *keys)
+    async def _read(self, pubsub: PubSub) -> None:
+        """Take every message; ping, and give the connection up when pings go unanswered.
 
-    async def _close_pubsub(self) -> None:
-        if self._pubsub is not None:
-            with contextlib.suppress(RedisError, OSError):
-                await self._pubsub.aclose()
-                if self._listener is not None:
-                    await self._listener.aclose()
-            self._pubsub = None
-
-    def _count(self) -> int:
-        return len(self._registry.occupied_channels())
-
-    async def _read_messages(self) -> None:
-        assert self._pubsub is not None
+        Unanswered pings are counted rather than seconds of silence, so that a process that
+        was paused (SIGSTOP, a stalled host) reads what Redis sent meanwhile instead of
+        dropping it.
+        """
+        unanswered = 0
+        last_ping = monotonic()
         while True:
-            message = await self._pubsub.get_message(timeout=1.0)
-            if message is None:
-                continue
-            kind, key, data = message["type"], message["channel"], message["data"]
-            if kind == "subscribe":
-                confirmed = self._confirmations.get(key)
-                if confirmed is not None and not confirmed.done():
-                    confirmed.set_result(None)
-            elif kind == "message" and key == self._reply_key:
-                self._take_answer(data)
-            elif kind == "message":
-                await self._deliver(data)
+            message = await pubsub.get_message(timeout=PING_INTERVAL)
+            if message is not None:
+                unanswered = 0
+                self._take(message)
+            if monotonic() - last_ping >= PING_INTERVAL:
+                if unanswered >= UNANSWERED_PINGS:
+                    raise RedisConnectionError(f"{unanswered} pings to Redis unanswered")
+                await pubsub.ping()
+                unanswered += 1
+                last_ping = monotonic()
 
-    async def _deliver(self, envelope: bytes) -> None:
-        header, payload = envelope.split(b"\n", 1)
-        broadcast = orjson.loads(header)
-        broadcast_id: str = broadcast["id"]
+    def _take(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        if kind == "message" and message["channel"] == self._reply_channel:
+            self._take_answer(message["data"])
+        elif kind == "message":
+            self._take_broadcast(message["channel"], message["data"])
+        elif kind == "subscribe":
+            confirmed = self._confirmations.get(message["channel"])
+            if confirmed is not None and not confirmed.done():
+                confirmed.set_result(None)
+        elif kind == "pong" and self._unavailable is not None:
+            self._available()
+
+    def _take_broadcast(self, channel: bytes, data: bytes) -> None:
+        """Deliver a broadcast the first time one of its copies arrives; answer every copy."""
+        try:
+            envelope = decode_envelope(data)
+        except ValueError as error:
+            logger.warning("ignored a message on %r: %s", channel, error)
+            return
         delivered = 0
-        if broadcast_id not in self._seen:
-            self._remember(broadcast_id)
-            delivered = self._registry.deliver(broadcast["channels"], text_frame(payload))
-        reply_key = f"{self._prefix}reply:{broadcast['reply']}"
-        await self._commands.publish(reply_key, f"{broadcast_id} {delivered}")
+        if envelope.id not in self._seen:
+            self._seen[envelope.id] = None
+            if len(self._seen) > REMEMBERED_BROADCASTS:
+                self._seen.popitem(last=False)
+            delivered = self._registry.deliver(envelope.channels, text_frame(envelope.payload))
+        if envelope.reply == self._node:
+            self._count_answer(envelope.id, delivered)
+        else:
+            reply_channel = f"{self._prefix}reply:{envelope.reply}".encode()
+            self._answers.put_nowait((reply_channel, f"{envelope.id} {delivered}".encode()))
 
     def _take_answer(self, data: bytes) -> None:
-        broadcast_id, delivered = data.decode().split()
+        try:
+            broadcast_id, delivered = data.decode().split()
+            self._count_answer(broadcast_id, int(delivered))
+        except ValueError:
+            logger.warning("ignored a malformed answer: %r", data[:100])
+
+    def _count_answer(self, broadcast_id: str, delivered: int) -> None:
         pending = self._pending.get(broadcast_id)
-        if pending is not None:
-            pending.answer(int(delivered))
+        if pending is not None:  # else the publisher stopped waiting
+            pending.answer(delivered)
 
-    def _remember(self, broadcast_id: str) -> None:
-        self._seen[broadcast_id] = None
-        if len(self._seen) > REMEMBERED_BROADCASTS:
-            self._seen.popitem(last=False)
+    def _available(self) -> None:
+        if self._unavailable != CONNECTING:
+            logger.warning(
+                "Redis is back; resubscribed to %d channels", self._registry.channel_count
+            )
+        self._unavailable = None
+        if self._ready is not None and not self._ready.done():
+            self._ready.set_result(None)
 
-    def _fail_pending(self) -> None:
-        """Broadcasts waiting for answers settle with what they have: Redis will not bring more."""
+    def _lost(self, reason: str, error: Exception | None) -> None:
+        """Refuse broadcasts from now on; the reason is public (`/readyz`), the error is logged."""
+        self._last_error = error
+        if self._unavailable is None:
+            logger.error("lost Redis: %s", error or reason)
+        self._unavailable = reason
         for pending in self._pending.values():
-            if not pending.done.done():
-                pending.done.set_result(None)
+            pending.give_up()
 
-    # -- the heartbeat: this node's figures, expiring if the node dies -------------------
+    # -- the answers to other publishers, batched into one round trip ---------------------
 
-    async def _heartbeat_forever(self) -> None:
+    async def _answer_forever(self) -> None:
+        """Send the answers queued by the listener, so that it never waits on a round trip."""
         while True:
+            batch = [await self._answers.get()]
+            while not self._answers.empty():
+                batch.append(self._answers.get_nowait())
             try:
                 async with asyncio.timeout(COMMAND_TIMEOUT):
                     pipe = self._commands.pipeline(transaction=False)
-                    pipe.hset(self._node_key(), mapping=self._local_figures())
-                    pipe.expire(self._node_key(), HEARTBEAT_TTL)
+                    for reply_channel, answer in batch:
+                        pipe.publish(reply_channel, answer)
                     await pipe.execute()
-            except (RedisError, OSError, TimeoutError):
-                pass  # the reader reports Redis being lost
+            except REDIS_FAILURES as error:
+                logger.warning("%d answers to publishers lost: %s", len(batch), error)
+            for _ in batch:
+                self._answers.task_done()
+
+    # -- the heartbeat: this node's figures, expiring if the node dies --------------------
+
+    async def _heartbeat_forever(self) -> None:
+        while True:
+            with contextlib.suppress(*REDIS_FAILURES):  # the listener reports Redis lost
+                async with asyncio.timeout(COMMAND_TIMEOUT):
+                    pipe = self._commands.pipeline(transaction=True)
+                    figures: dict[Any, Any] = self._local_figures()
+                    pipe.hset(self._node_key, mapping=figures)
+                    pipe.expire(self._node_key, HEARTBEAT_TTL)
+                    pipe.sadd(self._nodes_key, self._node)
+                    pipe.expire(self._nodes_key, NODES_TTL)
+                    await pipe.execute()
             await asyncio.sleep(HEARTBEAT_INTERVAL)
 
     def _local_figures(self) -> dict[str, int]:
@@ -299,5 +473,8 @@ class RedisBroker(Broker):
     def _channel_key(self, channel: str) -> bytes:
         return f"{self._prefix}channel:{channel}".encode()
 
-    def _node_key(self, node: str | None = None) -> str:
-        return f"{self._prefix}node:{node or self._node}"
+
+def _backoff(attempt: int) -> float:
+    """The pause before reconnection attempt `attempt`, jittered so nodes do not stampede."""
+    delay = RECONNECT_BACKOFF[min(attempt, len(RECONNECT_BACKOFF) - 1)]
+    return delay * random.uniform(0.8, 1.2)

@@ -13,13 +13,15 @@ from tests.live import free_port
 
 __all__ = ["RedisServer"]
 
+STARTUP_TIMEOUT = 10.0
+
 
 class RedisServer:
     """Debian's `redis-server`, keeping nothing on disk, on one port across restarts."""
 
     def __init__(self, log_dir: Path) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
+        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        if not Path(binary).exists():
             raise RuntimeError("redis-server is not installed: apt-get install redis-server")
         self.binary = binary
         self.port = free_port()
@@ -28,6 +30,7 @@ class RedisServer:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> RedisServer:
+        """Start (or start again, on the same port) and wait until it answers PING."""
         command = [
             self.binary,
             "--bind", "127.0.0.1",
@@ -38,17 +41,31 @@ class RedisServer:
         ]  # fmt: skip
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                return self
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        try:
+            while True:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"redis-server exited:\n{self.log_path.read_text()}")
+                try:
+                    client.ping()
+                    return self
+                except redis.ConnectionError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
+        finally:
+            client.close()
 
     def stop(self) -> None:
+        """Stop the server; its clients see their connections closed."""
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
-            self.process.wait(10)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def client(self) -> redis.Redis:
+        """A synchronous client, for a test to look at what the nodes keep in Redis."""
+        return redis.Redis(port=self.port, socket_timeout=2, decode_responses=True)

@@ -3,18 +3,36 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
-import redis
+from websockets.asyncio.client import ClientConnection
 
-from bifrost.redis_broker import HEARTBEAT_TTL
-from tests.clients import authenticated, post_broadcast, receive_json
+from bifrost.redis_broker import (
+    HEARTBEAT_INTERVAL,
+    HEARTBEAT_TTL,
+    REPLY_TIMEOUT,
+    Envelope,
+    decode_envelope,
+    encode_envelope,
+)
+from tests.clients import authenticated, receive_json
 from tests.live import BifrostServer, broadcast_token
 from tests.redis_server import RedisServer
+
+# How long figures may take to reach another node: one heartbeat, and some slack.
+HEARTBEAT_LAG = HEARTBEAT_INTERVAL + 1.5
+# A refused broadcast must be answered well before a sender's own timeout.
+REFUSAL_BOUND = 5.0
+
+Node = Callable[..., BifrostServer]
 
 
 @pytest.fixture
@@ -25,132 +43,245 @@ def redis_server(log_dir: Path) -> Iterator[RedisServer]:
 
 
 @pytest.fixture
-def node(start_server, redis_server: RedisServer) -> Callable[..., BifrostServer]:
-    """Start a Bifröst node sharing the test's Redis."""
+def node(redis_server: RedisServer, start_server: Callable[..., BifrostServer]) -> Node:
+    """Start a Bifröst node sharing the test's Redis (stopped before Redis is)."""
 
-    def start(**kwargs: object) -> BifrostServer:
-        env = {"BIFROST_REDIS_URL": redis_server.url, **kwargs.pop("env", {})}  # type: ignore[dict-item]
-        return start_server(env, **kwargs)
+    def start(env: dict[str, str] | None = None, **kwargs: Any) -> BifrostServer:
+        return start_server({"BIFROST_REDIS_URL": redis_server.url, **(env or {})}, **kwargs)
 
     return start
 
 
-async def test_broadcast_to_one_node_reaches_subscribers_on_another(node):
+async def post(server: BifrostServer, token: str, timeout: float = 10) -> httpx.Response:
+    """POST a broadcast as an application's server does, waiting at most `timeout` seconds."""
+    async with httpx.AsyncClient(base_url=server.url, timeout=timeout) as http:
+        return await http.post("/broadcast", json={"token": token})
+
+
+async def assert_nothing_more(ws: ClientConnection) -> None:
+    """The next frame is the pong to a ping sent now: no other frame was on its way."""
+    await ws.send('{"event":"ping"}')
+    assert await receive_json(ws) == {"event": "pong"}
+
+
+async def eventually(check: Callable[[], bool], within: float, what: str) -> None:
+    """Wait until `check()` holds, failing after `within` seconds."""
+    deadline = time.monotonic() + within
+    while not check():
+        assert time.monotonic() < deadline, f"not within {within} s: {what}"
+        await asyncio.sleep(0.1)
+
+
+async def started(*starts: Callable[[], BifrostServer]) -> list[BifrostServer]:
+    """Start servers side by side: each takes a second or so to import and bind."""
+    return list(await asyncio.gather(*(asyncio.to_thread(start) for start in starts)))
+
+
+async def close_all(sockets: list[ClientConnection]) -> None:
+    await asyncio.gather(*(ws.close() for ws in sockets))
+
+
+def test_envelope_keeps_channels_and_message_bytes_exactly():
+    """An envelope carries any channel name and the message's JSON bytes unchanged."""
+    envelope = Envelope("id1", "node1", ["a\nb", "ü", ""], b'{"event":"x","data":"l1\\nl2"}\n')
+    assert decode_envelope(encode_envelope(envelope)) == envelope
+    for junk in (b"", b"no header", b"[1]\n{}", b'{"id":1,"reply":"n","channels":[]}\n{}'):
+        with pytest.raises(ValueError):
+            decode_envelope(junk)
+
+
+async def test_broadcast_to_one_node_reaches_subscribers_on_another(node: Node):
     """A subscriber on node A receives a broadcast posted to node B, and B counts it."""
-    a, b = node(), node()
+    a, b = await started(node, node)
     ws = await authenticated(a, ["cross"])
     token = broadcast_token({"event": "hop", "data": "from B"}, channel="cross")
-    assert (await post_broadcast(b, token)).json() == {"message": "Success", "deliveries": 1}
+    assert (await post(b, token)).json() == {"message": "Success", "deliveries": 1}
     assert await receive_json(ws) == {"event": "hop", "data": "from B"}
+    await assert_nothing_more(ws)
     await ws.close()
 
 
-async def test_deliveries_and_stats_are_totals_over_nodes(node):
-    """`deliveries` and `/info.json` add up every node; several channels reach a socket once."""
-    a, b = node(), node()
+async def test_multi_channel_broadcast_reaches_each_socket_once_across_nodes(node: Node):
+    """A socket hearing several named channels gets one copy, wherever it and the sender are."""
+    a, b, c = await started(node, node, node)
+    both_on_a = await authenticated(a, ["x", "y"])
+    both_on_b = await authenticated(b, ["y", "x"])
+    y_on_b = await authenticated(b, ["y"])
+    other_on_b = await authenticated(b, ["z"])
+    token = broadcast_token({"event": "once", "data": [1, 2]}, channels=["x", "y"])
+    assert (await post(c, token)).json()["deliveries"] == 3
+    for ws in (both_on_a, both_on_b, y_on_b):
+        assert await receive_json(ws) == {"event": "once", "data": [1, 2]}
+        await assert_nothing_more(ws)
+    await assert_nothing_more(other_on_b)
+    await close_all([both_on_a, both_on_b, y_on_b, other_on_b])
+
+
+async def test_deliveries_and_stats_are_totals_over_nodes(node: Node):
+    """`deliveries` of a broadcast and `/info.json` on any node add up every node."""
+    a, b = await started(node, node)
     on_a = [await authenticated(a, ["x", "y"]) for _ in range(2)]
     on_b = [await authenticated(b, ["y"]) for _ in range(3)]
     token = broadcast_token({"event": "both"}, channels=["x", "y"])
-    assert (await post_broadcast(a, token)).json()["deliveries"] == 5
-    for ws in on_a + on_b:
-        assert await receive_json(ws) == {"event": "both"}
-        await ws.send('{"event":"ping"}')
-        assert await receive_json(ws) == {"event": "pong"}, "one copy per socket"
-    await asyncio.sleep(1.5)  # a heartbeat
-    for server in (a, b):
+    assert (await post(a, token)).json()["deliveries"] == 5
+    token = broadcast_token({"event": "x only"}, channel="x")
+    assert (await post(b, token)).json()["deliveries"] == 2
+
+    def figures(server: BifrostServer) -> tuple[int, int]:
         stats = server.stats()
-        assert (stats["connected"], stats["deliveries"]) == (5, 5)
-    for ws in on_a + on_b:
-        await ws.close()
+        return stats["connected"], stats["deliveries"]
+
+    await eventually(lambda: figures(a) == figures(b) == (5, 7), HEARTBEAT_LAG, "totals")
+    await close_all(on_a + on_b)
 
 
-async def test_nodes_subscribe_in_redis_only_to_channels_they_hear(node, redis_server):
+async def test_nodes_subscribe_in_redis_only_to_channels_they_hear(
+    node: Node, redis_server: RedisServer
+):
     """A node subscribes in Redis on a channel's first local socket and leaves after its last."""
     a = node()
-    client = redis.Redis(port=redis_server.port)
-    channel_key = b"bifrost:channel:only-here"
-    assert client.pubsub_numsub(channel_key) == [(channel_key, 0)]
+    client = redis_server.client()
+    key = "bifrost:channel:only-here"
+
+    def subscribers() -> int:
+        return int(client.pubsub_numsub(key)[0][1])
+
+    assert subscribers() == 0
     first = await authenticated(a, ["only-here"])
+    assert subscribers() == 1, "subscribed before the socket hears `subscribed`"
     second = await authenticated(a, ["only-here"])
-    assert client.pubsub_numsub(channel_key) == [(channel_key, 1)]
+    assert subscribers() == 1, "one subscription per node, not per socket"
     await first.close()
-    await asyncio.sleep(0.2)
-    assert client.pubsub_numsub(channel_key) == [(channel_key, 1)]
-    await second.close()
     await asyncio.sleep(0.3)
-    assert client.pubsub_numsub(channel_key) == [(channel_key, 0)]
+    assert subscribers() == 1
+    await second.close()
+    await eventually(lambda: subscribers() == 0, 2, "unsubscribed after the last socket")
 
 
-async def test_prefix_separates_deployments(node):
+async def test_prefix_separates_deployments(node: Node):
     """Two deployments with different BIFROST_REDIS_PREFIX share a Redis without crosstalk."""
-    blue = node(env={"BIFROST_REDIS_PREFIX": "blue:"})
-    green = node(env={"BIFROST_REDIS_PREFIX": "green:"})
+    blue, green = await started(
+        partial(node, {"BIFROST_REDIS_PREFIX": "blue:"}),
+        partial(node, {"BIFROST_REDIS_PREFIX": "green:"}),
+    )
     ws = await authenticated(blue, ["shared-name"])
     token = broadcast_token({"event": "green only"}, channel="shared-name")
-    assert (await post_broadcast(green, token)).json()["deliveries"] == 0
+    assert (await post(green, token)).json()["deliveries"] == 0
     token = broadcast_token({"event": "blue"}, channel="shared-name")
-    assert (await post_broadcast(blue, token)).json()["deliveries"] == 1
+    assert (await post(blue, token)).json()["deliveries"] == 1
     assert await receive_json(ws) == {"event": "blue"}
+    assert green.stats()["connected"] == 0
     await ws.close()
 
 
-async def test_two_workers_on_one_port_deliver_to_every_socket(node):
+async def test_two_workers_on_one_port_deliver_to_every_socket(
+    node: Node, redis_server: RedisServer
+):
     """With `--workers 2`, a broadcast reaches sockets whichever worker holds them."""
     live = node(args=("--workers", "2"))
-    sockets = [await authenticated(live, ["workers"]) for _ in range(12)]
-    await asyncio.sleep(1.5)
-    assert live.stats()["connected"] == 12
-    for n in range(4):
+    client = redis_server.client()
+
+    def sockets_per_worker() -> list[int]:
+        workers = client.smembers("bifrost:nodes")
+        return [int(client.hget(f"bifrost:node:{w}", "connected") or 0) for w in workers]
+
+    sockets: list[ClientConnection] = []
+    deadline = time.monotonic() + 10
+    while not (len(per := sockets_per_worker()) == 2 and min(per) > 0):
+        assert time.monotonic() < deadline, f"sockets per worker: {per}"
+        sockets += [await authenticated(live, ["workers"]) for _ in range(4)]
+        await asyncio.sleep(HEARTBEAT_INTERVAL + 0.2)
+    assert live.stats()["connected"] == len(sockets)
+    for n in range(3):
         token = broadcast_token({"event": "n", "data": n}, channel="workers")
-        assert (await post_broadcast(live, token)).json()["deliveries"] == 12
+        assert (await post(live, token)).json()["deliveries"] == len(sockets)
     for ws in sockets:
-        assert [await receive_json(ws) for _ in range(4)] == [
-            {"event": "n", "data": n} for n in range(4)
+        assert [await receive_json(ws) for _ in range(3)] == [
+            {"event": "n", "data": n} for n in range(3)
         ]
-        await ws.close()
-    log = live.log()
-    assert log.count("Worker ready") == 2
+    await close_all(sockets)
+    assert live.log().count("Worker ready") == 2
 
 
-async def test_killed_node_stops_counting(node):
+async def test_killed_node_stops_counting(node: Node):
     """A node that dies without saying goodbye leaves the totals within the heartbeat expiry."""
-    a, b = node(), node()
+    a, b = await started(node, node)
     sockets = [await authenticated(b, ["doomed"]) for _ in range(3)]
-    await asyncio.sleep(1.5)
-    assert a.stats()["connected"] == 3
+    await eventually(lambda: a.stats()["connected"] == 3, HEARTBEAT_LAG, "b's sockets counted")
+    assert b.process is not None
     b.process.send_signal(signal.SIGKILL)
     b.process.wait()
-    await asyncio.sleep(HEARTBEAT_TTL + 1)
-    assert a.stats()["connected"] == 0
+    await eventually(lambda: a.stats()["connected"] == 0, HEARTBEAT_TTL + 1.5, "b forgotten")
     token = broadcast_token({"event": "anyone"}, channel="doomed")
-    assert (await post_broadcast(a, token)).json()["deliveries"] == 0
-    for ws in sockets:
-        await ws.close()
+    assert (await post(a, token)).json()["deliveries"] == 0
+    await close_all(sockets)
 
 
-async def test_redis_outage_answers_503_and_recovers(node, redis_server):
+async def test_silent_node_delays_a_broadcast_by_the_reply_bound_only(node: Node):
+    """A node that stops answering costs a broadcast at most the reply bound, never a hang."""
+    a, b = await started(node, node)
+    on_a = await authenticated(a, ["frozen"])
+    on_b = await authenticated(b, ["frozen"])
+    assert b.process is not None
+    os.kill(b.process.pid, signal.SIGSTOP)
+    try:
+        token = broadcast_token({"event": "while frozen"}, channel="frozen")
+        began = time.monotonic()
+        response = await post(a, token, timeout=REPLY_TIMEOUT + 5)
+        elapsed = time.monotonic() - began
+        assert response.json() == {"message": "Success", "deliveries": 1}, "what was confirmed"
+        assert REPLY_TIMEOUT - 0.5 <= elapsed <= REPLY_TIMEOUT + 2
+        assert await receive_json(on_a) == {"event": "while frozen"}
+    finally:
+        os.kill(b.process.pid, signal.SIGCONT)
+    assert await receive_json(on_b) == {"event": "while frozen"}, "late, but delivered"
+    await close_all([on_a, on_b])
+
+
+async def test_redis_outage_answers_503_and_recovers(node: Node, redis_server: RedisServer):
     """Redis down: 503 with a JSON error, sockets stay; Redis back: delivery resumes unaided."""
-    a, b = node(), node()
+    a, b = await started(node, node)
     ws = await authenticated(a, ["outage"])
     redis_server.stop()
-    await asyncio.sleep(0.5)
     token = broadcast_token({"event": "lost?"}, channel="outage")
-    async with httpx.AsyncClient(base_url=b.url, timeout=10) as http:
-        started = asyncio.get_running_loop().time()
-        response = await http.post("/broadcast", json={"token": token})
-        assert asyncio.get_running_loop().time() - started < 5
-    assert response.status_code == 503
-    assert "error" in response.json()
-    await ws.send('{"event":"ping"}')
-    assert await receive_json(ws) == {"event": "pong"}, "the socket stays connected"
+    for server in (b, a):
+        began = time.monotonic()
+        response = await post(server, token, timeout=REFUSAL_BOUND + 5)
+        assert time.monotonic() - began < REFUSAL_BOUND
+        assert response.status_code == 503
+        assert "not delivered" in response.json()["error"]
+    ready = httpx.get(f"{a.url}/readyz")
+    assert ready.status_code == 503
+    assert ready.json()["status"] == "unavailable" and ready.json()["reason"]
+    assert httpx.get(f"{a.url}/healthz").status_code == 200, "alive: nothing to restart"
+    await assert_nothing_more(ws)
     redis_server.start()
-    deadline = asyncio.get_running_loop().time() + 10
-    while True:
-        token = broadcast_token({"event": "back"}, channel="outage")
-        response = await post_broadcast(b, token)
-        if response.status_code == 200 and response.json()["deliveries"] == 1:
-            break
-        assert asyncio.get_running_loop().time() < deadline, response.text
-        await asyncio.sleep(0.2)
+    await eventually(lambda: httpx.get(f"{b.url}/readyz").status_code == 200, 5, "b ready")
+    await eventually(lambda: httpx.get(f"{a.url}/readyz").status_code == 200, 5, "a ready")
+    token = broadcast_token({"event": "back"}, channel="outage")
+    assert (await post(b, token)).json() == {"message": "Success", "deliveries": 1}
     assert await receive_json(ws) == {"event": "back"}
+    await assert_nothing_more(ws)
     await ws.close()
+
+
+async def test_node_started_before_redis_serves_and_delivers_once_it_is_up(
+    start_server: Node, log_dir: Path
+):
+    """A node whose Redis is not up yet starts, says it is not ready, and delivers once it is."""
+    later = RedisServer(log_dir)
+    live = start_server({"BIFROST_REDIS_URL": later.url})
+    try:
+        ws = await authenticated(live, ["early"])
+        assert httpx.get(f"{live.url}/readyz").status_code == 503
+        token = broadcast_token({"event": "too early"}, channel="early")
+        assert (await post(live, token)).status_code == 503
+        later.start()
+        await eventually(lambda: httpx.get(f"{live.url}/readyz").status_code == 200, 5, "ready")
+        token = broadcast_token({"event": "now"}, channel="early")
+        assert (await post(live, token)).json()["deliveries"] == 1
+        assert await receive_json(ws) == {"event": "now"}
+        await ws.close()
+    finally:
+        live.stop()
+        later.stop()
