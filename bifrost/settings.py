@@ -121,7 +121,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         max_frames_per_second=reader.positive("BIFROST_MAX_FRAMES_PER_SECOND", 20.0, float),
         max_connections=reader.positive("BIFROST_MAX_CONNECTIONS", 10000, int),
         allowed_origins=reader.origins("BIFROST_ALLOWED_ORIGINS"),
-        redis_url=environ.get("BIFROST_REDIS_URL") or None,
+        redis_url=reader.redis_url("BIFROST_REDIS_URL"),
         redis_prefix=environ.get("BIFROST_REDIS_PREFIX", "bifrost:"),
         log_format=reader.choice("BIFROST_LOG_FORMAT", ("text", "json")),
     )
@@ -192,6 +192,15 @@ class _Reader:
                 "set BIFROST_JWT_PUBLIC_KEY to its PEM text or file path"
             )
         return names
+
+    def redis_url(self, name: str) -> str | None:
+        raw = self.environ.get(name, "").strip()
+        if raw and not raw.startswith(("redis://", "rediss://", "unix://")):
+            raise SettingsError(
+                f"{name} must start with redis://, rediss:// or unix://: "
+                "set e.g. redis://127.0.0.1:6379/0"
+            )
+        return raw or None
 
     def public_key(self, name: str) -> PublicKey | None:
         raw = self.environ.get(name, "").strip()

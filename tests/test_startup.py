@@ -37,6 +37,7 @@ def run_until_exit(env: dict[str, str], *args: str, timeout: float = 20) -> tupl
         ({"JWT_SECRET": SECRET, "BIFROST_JWT_ALGORITHMS": "RS256"}, "BIFROST_JWT_ALGORITHMS"),
         ({"JWT_SECRET": SECRET, "BIFROST_REQUIRE_EXP": "maybe"}, "BIFROST_REQUIRE_EXP"),
         ({"JWT_SECRET": SECRET, "BIFROST_MAX_CHANNELS": "1.5"}, "BIFROST_MAX_CHANNELS"),
+        ({"JWT_SECRET": SECRET, "BIFROST_REDIS_URL": "http://x:6379"}, "BIFROST_REDIS_URL"),
     ],
 )
 def test_wrong_setting_stops_start_up_naming_it(env, variable):
