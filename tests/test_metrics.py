@@ -262,15 +262,21 @@ async def test_two_workers_report_the_sum_of_both(start_server, redis_server, tm
     assert len(glob.glob(f"{shared}/counter_*.db")) == 2
 
 
-async def test_workers_share_a_temporary_folder_removed_at_exit(start_server, redis_server):
+async def test_workers_share_a_temporary_folder_removed_at_exit(
+    start_server, redis_server, tmp_path
+):
     """Without PROMETHEUS_MULTIPROC_DIR the main process makes a folder, and removes it at exit."""
-    before = set(glob.glob("/tmp/bifrost-metrics-*"))
+    # A temporary folder of the test's own, so that other servers' folders are not counted.
     live = start_server(
-        {"BIFROST_REDIS_URL": redis_server.url, "PROMETHEUS_MULTIPROC_DIR": None},
+        {
+            "BIFROST_REDIS_URL": redis_server.url,
+            "PROMETHEUS_MULTIPROC_DIR": None,
+            "TMPDIR": str(tmp_path),
+        },
         args=("--workers", "2"),
         name="metrics-tmp",
     )
-    made = set(glob.glob("/tmp/bifrost-metrics-*")) - before
+    made = set(glob.glob(f"{tmp_path}/bifrost-metrics-*"))
     assert len(made) == 1
     ws = await authenticated(live, ["one"])
     await eventually(live, "bifrost_connections", 1)
