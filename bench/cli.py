@@ -93,6 +93,19 @@ async def _run_all(
     return results, labels
 
 
+ANALYSIS_MARKER = "<!-- Written by hand below this line; `python -m bench` keeps it. -->"
+
+
+def _kept_analysis(output: Path) -> str:
+    """The hand-written part of an existing RESULTS.md (from the marker on), to keep."""
+    try:
+        existing = output.read_text()
+    except OSError:
+        return ""
+    index = existing.find(ANALYSIS_MARKER)
+    return "\n" + existing[index:] if index >= 0 else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     open_files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
@@ -121,6 +134,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     print("\n" + text)
     if not args.no_write:
-        args.output.write_text(text)
+        args.output.write_text(text + _kept_analysis(args.output))
         print(f"written to {args.output}")
     return 1 if any(r.errors for r in results) else 0

@@ -1,6 +1,6 @@
 """Where an idle authenticated Bifröst socket's memory goes: tracemalloc and live objects.
 
-    python -m bench.memory [--sockets 2000]
+    python -m bench.memory [--sockets 2000] [--churn SECONDS]
 
 Starts Bifröst under tracemalloc (`bench.traced_server`), snapshots its heap, connects and
 authenticates the sockets, snapshots again, and prints per socket: the RSS growth, the growth
@@ -8,12 +8,17 @@ of memory Python allocated (the rest is C allocations outside Python's allocator
 handles, OpenSSL, malloc fragmentation), the allocation sites that grew most, and the live
 objects by type that each socket added. tracemalloc costs memory of its own (about 16 bytes
 per traced block); RSS per socket is therefore read from a plain run by `python -m bench`.
+
+With `--churn SECONDS`, the second snapshot is taken instead after that long of churn
+(`bench.attackers.churn`: sockets that connect, authenticate and leave with a reset) once every
+churned socket is gone: whatever grew then is what departed connections left behind.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import tracemalloc
 from collections.abc import Callable
@@ -21,9 +26,11 @@ from pathlib import Path
 
 import uvloop
 
+from bench.attackers import Child, run_churn
 from bench.servers import (
     BENCH_DIR,
     REPO_DIR,
+    VARIANT_ENV,
     NodeSpec,
     ServerSpec,
     bifrost_max_connections,
@@ -34,6 +41,7 @@ __all__ = ["main"]
 
 SNAPSHOT_DIR = BENCH_DIR / ".profiles"
 SETTLE_S = 2.0
+TRACED_READY_TIMEOUT_S = 120.0
 TOP = 25
 
 
@@ -53,7 +61,13 @@ def traced_bifrost(next_port: Callable[[], int], secret: str) -> ServerSpec:
         "BIFROST_MAX_CONNECTIONS": str(bifrost_max_connections()),
         "PYTHONUNBUFFERED": "1",
     }
-    return ServerSpec("bifrost-traced", "Bifröst (tracemalloc)", (NodeSpec(argv, port, env),))
+    cwd = REPO_DIR
+    if variant := os.environ.get(VARIANT_ENV):
+        # The variant's folder first on sys.path for `bifrost`, the tree for `bench`.
+        cwd, env["PYTHONPATH"] = Path(variant).resolve(), str(REPO_DIR)
+    # Importing everything under tracemalloc takes a while on a busy machine.
+    node = NodeSpec(argv, port, env, cwd=cwd, ready_timeout_s=TRACED_READY_TIMEOUT_S)
+    return ServerSpec("bifrost-traced", "Bifröst (tracemalloc)", (node,))
 
 
 def _owner(trace: tracemalloc.StatisticDiff) -> tuple[str, str]:
@@ -81,15 +95,26 @@ async def _run(args: argparse.Namespace) -> int:
         await asyncio.sleep(SETTLE_S)
         status, before = await session.http.get_json("/bench/heap/before")
         rss0 = session.rss()
-        await session.connect(args.sockets)
+        if args.churn:
+            host, port = session.host_port
+            churn = Child(run_churn, host, port, session.secret, args.churn, 100, 1, 1.0)
+            tally = await churn.result(args.churn + 60.0)
+            print(f"churn: {tally}")
+            n = int(tally.get("connected", 0)) or 1
+            what = "departed churned sockets"
+        else:
+            await session.connect(args.sockets)
+            n = args.sockets
+            what = "idle authenticated sockets"
         await asyncio.sleep(SETTLE_S)
+        stats = await session.stats()
+        print(f"after: {stats}")
         status, after = await session.http.get_json("/bench/heap/after")
         rss1 = session.rss()
         if status != 200:
             print(f"heap snapshot failed: {status} {after!r}", file=sys.stderr)
             return 1
-        n = args.sockets
-        print(f"{n} idle authenticated sockets (tracemalloc on, {tracemalloc_note()})")
+        print(f"{n} {what} (tracemalloc on, {tracemalloc_note()})")
         print(f"RSS growth per socket:            {(rss1 - rss0) / n / 1024:6.1f} KiB")
         traced = (after["traced"] - before["traced"]) / n
         print(f"Python-allocated growth per socket: {traced / 1024:6.1f} KiB (tracemalloc)")
@@ -130,6 +155,7 @@ def tracemalloc_note() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.memory", description=__doc__)
     parser.add_argument("--sockets", type=int, default=2000)
+    parser.add_argument("--churn", type=float, default=0.0, help="seconds of churn instead")
     args = parser.parse_args(argv)
     return uvloop.run(_run(args))
 

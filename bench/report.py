@@ -43,6 +43,7 @@ METRICS = (
     Metric("paced_lat_max_ms", "latency max paced, ms", "{:.2f}", True),
     Metric("paced_cpu_us_per_frame", "server CPU per frame paced, µs", "{:.2f}", True),
     Metric("subscribe_per_s", "connect+subscribe rate, sockets/s", "{:,.0f}"),
+    Metric("connect_cpu_us_per_socket", "server CPU per connect+subscribe, µs", "{:,.0f}"),
     Metric("rss_kib_per_socket", "server RSS per idle authenticated socket, KiB", "{:.1f}"),
     Metric("rss_mib", "server RSS with all sockets, MiB", "{:.1f}"),
     Metric("sockets", "sockets held", "{:,.0f}"),

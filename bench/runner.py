@@ -90,10 +90,12 @@ async def _climb(
     options: Options,
     result: RunResult,
 ) -> None:
-    connected_s, connected = 0.0, 0
+    connected_s, connected, connect_cpu_s = 0.0, 0, 0.0
     for target in scenario.steps:
         requested = target - swarm.clients
+        cpu0 = server.sample().cpu_s
         outcome = await swarm.connect(requested, options.concurrency, options.connect_timeout_s)
+        connect_cpu_s += server.sample().cpu_s - cpu0
         connected_s += outcome.seconds
         connected += outcome.ok
         result.errors.extend(outcome.errors)
@@ -120,6 +122,7 @@ async def _climb(
         )
     last = result.steps[-1]
     result.metrics["subscribe_per_s"] = connected / connected_s if connected_s else 0.0
+    result.metrics["connect_cpu_us_per_socket"] = connect_cpu_s / max(1, connected) * 1e6
     result.metrics["rss_kib_per_socket"] = last.rss_kib_per_socket
     result.metrics["rss_mib"] = last.rss_mib
     result.metrics["sockets"] = float(connected)

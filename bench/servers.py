@@ -44,6 +44,10 @@ REFERENCE_DIR = BENCH_DIR / "reference"
 LOG_DIR = BENCH_DIR / ".logs"
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0
+VARIANT_ENV = "BENCH_BIFROST_SRC"
+"""A folder holding a modified copy of the `bifrost` package to measure instead of the tree's:
+how a proposed change to the service is measured without touching the service."""
+
 # Bifröst keeps this many descriptors for itself besides sockets (bifrost/limits.py).
 BIFROST_FILES_BESIDES_SOCKETS = 64
 
@@ -71,6 +75,7 @@ class NodeSpec:
     env: Mapping[str, str] = field(default_factory=dict)
     cwd: Path = REPO_DIR
     host: str = "127.0.0.1"
+    ready_timeout_s: float = READY_TIMEOUT_S
 
     @property
     def base_url(self) -> str:
@@ -145,7 +150,7 @@ def free_port() -> int:
 
 
 def _wait_ready(node: NodeSpec, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
+    deadline = time.monotonic() + node.ready_timeout_s
     url = f"{node.base_url}/info.json"
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -159,7 +164,7 @@ def _wait_ready(node: NodeSpec, process: subprocess.Popen[bytes], log: Path) -> 
         except OSError:
             pass
         time.sleep(0.1)
-    raise ServerStartError(f"{url} did not answer within {READY_TIMEOUT_S:g} s; see {log}")
+    raise ServerStartError(f"{url} did not answer within {node.ready_timeout_s:g} s; see {log}")
 
 
 def start_server(spec: ServerSpec, tag: str) -> RunningServer:
@@ -208,6 +213,11 @@ def bifrost_single(next_port: Callable[[], int], secret: str) -> ServerSpec:
         "BIFROST_MAX_CONNECTIONS": str(bifrost_max_connections()),
         "PYTHONUNBUFFERED": "1",
     }
+    variant = os.environ.get(VARIANT_ENV)
+    if variant:
+        # `python -m` puts the working folder first on sys.path: its `bifrost` package wins.
+        node = NodeSpec(argv, port, env, cwd=Path(variant).resolve())
+        return ServerSpec("bifrost", f"Bifröst ({Path(variant).name})", (node,))
     return ServerSpec("bifrost", "Bifröst", (NodeSpec(argv, port, env),))
 
 

@@ -14,6 +14,7 @@ import gc
 import os
 import sys
 import tracemalloc
+import types
 from collections import Counter
 from pathlib import Path
 
@@ -39,7 +40,53 @@ def main() -> None:
         traced, _peak = tracemalloc.get_traced_memory()
         return json({"path": str(path), "traced": traced, "types": dict(types)})
 
+    @app.get("/bench/referrers/<name:str>")
+    async def referrers(request: object, name: str) -> object:
+        """Chains of referrers (a few levels up) of up to 3 live objects of the named type:
+        what keeps objects alive that should have gone."""
+        gc.collect()
+        found = [o for o in gc.get_objects() if type(o).__qualname__ == name]
+        return json({"count": len(found), "chains": [_chain(o) for o in found[:3]]})
+
     app.run(host=host, port=port, single_process=True, access_log=False)
+
+
+def _describe(obj: object) -> str:
+    kind = type(obj).__qualname__
+    if isinstance(obj, types.FrameType):
+        return f"frame {obj.f_code.co_qualname} ({obj.f_code.co_filename}:{obj.f_lineno})"
+    if isinstance(obj, types.CoroutineType):
+        return f"coroutine {obj.__qualname__}"
+    if isinstance(obj, dict):
+        return f"dict keys={list(obj)[:6]}"
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return f"{kind} len={len(obj)}"
+    text = repr(obj)
+    return f"{kind}: {text[:120]}"
+
+
+def _chain(obj: object, depth: int = 7) -> list[list[str]]:
+    """Breadth-first referrers of `obj`, level by level, skipping this module's own frames."""
+    levels: list[list[str]] = []
+    current = [obj]
+    seen = {id(obj)}
+    for _ in range(depth):
+        nxt = []
+        for item in current:
+            for ref in gc.get_referrers(item):
+                if id(ref) in seen or ref is current or ref is nxt:
+                    continue
+                if isinstance(ref, types.FrameType) and ref.f_code.co_filename == __file__:
+                    continue
+                if isinstance(ref, list) and len(ref) > 1000:  # gc.get_objects() results
+                    continue
+                seen.add(id(ref))
+                nxt.append(ref)
+        if not nxt:
+            break
+        levels.append([_describe(r) for r in nxt[:8]])
+        current = nxt[:8]
+    return levels
 
 
 if __name__ == "__main__":
