@@ -93,17 +93,20 @@ async def _run_all(
     return results, labels
 
 
-ANALYSIS_MARKER = "<!-- Written by hand below this line; `python -m bench` keeps it. -->"
+WRITTEN_BEGIN = "<!-- Written by hand from here to the end marker; `python -m bench` keeps it. -->"
+WRITTEN_END = "<!-- End of the hand-written part. -->"
 
 
-def _kept_analysis(output: Path) -> str:
-    """The hand-written part of an existing RESULTS.md (from the marker on), to keep."""
+def _kept_written(output: Path) -> str:
+    """The hand-written part of an existing RESULTS.md, markers included, to keep."""
     try:
         existing = output.read_text()
     except OSError:
         return ""
-    index = existing.find(ANALYSIS_MARKER)
-    return "\n" + existing[index:] if index >= 0 else ""
+    begin, end = existing.find(WRITTEN_BEGIN), existing.find(WRITTEN_END)
+    if begin < 0 or end < begin:
+        return ""
+    return existing[begin : end + len(WRITTEN_END)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,10 +133,12 @@ def main(argv: list[str] | None = None) -> int:
     report = Report(scenarios, results, {"bifrost": "Bifröst", "reference": "reference", **labels})
     command = "python -m bench " + " ".join(sys.argv[1:] if argv is None else argv)
     text = report.markdown(
-        command=command.strip(), mode=f"{'quick' if args.quick else 'full'}, {runs} run(s)"
+        command=command.strip(),
+        mode=f"{'quick' if args.quick else 'full'}, {runs} run(s)",
+        written="" if args.no_write else _kept_written(args.output),
     )
     print("\n" + text)
     if not args.no_write:
-        args.output.write_text(text + _kept_analysis(args.output))
+        args.output.write_text(text)
         print(f"written to {args.output}")
     return 1 if any(r.errors for r in results) else 0

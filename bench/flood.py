@@ -14,7 +14,7 @@ phases of the same paced broadcasts, each `--seconds` long:
 
 Prints p50/p99/max latency of each phase beside the baseline, what the attackers saw (close
 codes, sockets opened) and the server's CPU and RSS. Exit status 1 when a healthy subscriber
-lost a frame or was disconnected.
+lost a frame or was disconnected, or when an attack more than doubled the healthy p99.
 """
 
 from __future__ import annotations
@@ -32,6 +32,9 @@ from bench.session import Phase, Session, fmt_mib
 __all__ = ["main"]
 
 ATTACKER_GRACE_S = 30.0
+RATIO_LIMIT = 2.0
+"""Healthy p99 under attack over this many times the p99 without fails the run (as for the
+stalled subscriber of bench.slow_consumer)."""
 
 
 async def _measured(
@@ -97,6 +100,12 @@ async def _run(args: argparse.Namespace) -> int:
         errors = [e for p in (base, flooded, idled) for e in p.errors]
         if isinstance(tally, dict) and tally.get("opened", 0) < args.idle:
             print(f"NOTE: only {tally.get('opened')} of {args.idle} idle sockets opened")
+        for label, phase in (("flooding client", flooded), ("unauthenticated sockets", idled)):
+            if phase.p(0.99) > RATIO_LIMIT * base.p(0.99):
+                errors.append(
+                    f"healthy p99 with {label} {phase.p(0.99):.1f} ms, over {RATIO_LIMIT:g}x "
+                    f"the {base.p(0.99):.1f} ms without"
+                )
         print("\nresult: " + ("PASS" if not errors else "FAIL: " + "; ".join(errors[:5])))
         return 1 if errors else 0
     finally:

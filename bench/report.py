@@ -230,7 +230,8 @@ class Report:
             )
         return outcomes
 
-    def markdown(self, *, command: str, mode: str) -> str:
+    def markdown(self, *, command: str, mode: str, written: str = "") -> str:
+        """The whole RESULTS.md; `written` (a hand-written summary) goes before the tables."""
         now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
         lines = [
             "# Bifröst benchmark results",
@@ -246,10 +247,13 @@ class Report:
             "and server share the machine's cores, so figures are relative: read the ratio column.",
             "",
         ]
+        if written:
+            lines += [written, ""]
+        lines += ["## Tables", ""]
         for scenario in self.scenarios:
             lines += [*self.scenario_table(scenario), ""]
         lines += [
-            "## Targets",
+            "## Targets (computed from the tables)",
             "",
             "| target | verdict | medians (Bifröst vs reference) |",
             "|---|---|---|",
