@@ -8,7 +8,6 @@ the registry, the broker and the reaper are created when a worker's server start
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import os
 from typing import Any, NoReturn
@@ -19,7 +18,7 @@ from sanic import Sanic
 from bifrost import __version__
 from bifrost.blueprints import all_blueprints
 from bifrost.broker import Broker, LocalBroker
-from bifrost.connection import Subscriber
+from bifrost.connection import CLOSE_HANDSHAKE_TIMEOUT, Subscriber
 from bifrost.devmode import first_steps
 from bifrost.errors import JSONErrorHandler
 from bifrost.limits import raise_open_file_limit
@@ -43,7 +42,8 @@ __all__ = ["app", "create_app"]
 logger = logging.getLogger("bifrost")
 
 TOKEN_OVERHEAD_BYTES = 16 * 1024
-ABANDONED_FRAMES = "WebsocketImplProtocol.async_data_received"
+# How often shutdown looks whether every socket has finished its closing handshake.
+CLOSE_POLL_INTERVAL = 0.02
 
 
 def create_app(settings: Settings | None = None, name: str = "bifrost") -> Sanic:
@@ -63,7 +63,6 @@ def create_app(settings: Settings | None = None, name: str = "bifrost") -> Sanic
     app.main_process_start(check_start_up)
     app.before_server_start(open_service)
     app.before_server_stop(close_service)
-    app.after_server_stop(collect_abandoned_frames)
     return app
 
 
@@ -73,12 +72,9 @@ def dump_json(value: Any) -> bytes:
 
 
 def _configure_sanic(app: Sanic, settings: Settings) -> None:
-    """Hand Sanic the limits it enforces itself, and turn off its per-socket keepalive task."""
+    """Hand Sanic the limits it enforces itself, and the OpenAPI description's heading."""
     app.config.update(
         {
-            "WEBSOCKET_MAX_SIZE": settings.max_frame_bytes,
-            "WEBSOCKET_PING_INTERVAL": None,
-            "WEBSOCKET_PING_TIMEOUT": None,
             # A token carries its message in base64, a third larger than the JSON; any body
             # beyond twice the message limit holds a message over it.
             "REQUEST_MAX_SIZE": 2 * settings.max_message_bytes + TOKEN_OVERHEAD_BYTES,
@@ -115,7 +111,6 @@ async def open_service(app: Sanic) -> None:
     verifier = TokenVerifier.from_settings(settings)
     service = app.ctx.service = Service(settings, registry, broker, verifier)
     app.ctx.reaper = app.add_task(reap_idle_sockets(registry, settings, service.stopping))
-    asyncio.get_running_loop().set_exception_handler(_quiet_abandoned_frames)
 
 
 def _checked_settings(app: Sanic) -> Settings:
@@ -151,7 +146,13 @@ def _refuse_start(reason: str) -> NoReturn:
 
 
 async def close_service(app: Sanic) -> None:
-    """Tell every socket to reconnect elsewhere (1012), then let go of the broker."""
+    """Tell every socket to reconnect elsewhere (1012), wait for them to go, then let go of
+    the broker.
+
+    The sockets are Bifröst's, not Sanic's (`bifrost.handshake`), so Sanic's graceful shutdown
+    does not wait for them: this does, for at most the closing handshake's timeout, after
+    which every socket has been dropped.
+    """
     service = service_of(app)
     service.stopping.set()
     subscribers = service.registry.listeners()
@@ -159,26 +160,14 @@ async def close_service(app: Sanic) -> None:
         logger.info("stopping: closing %d sockets with 1012 (service restart)", len(subscribers))
     for subscriber in subscribers:
         subscriber.close(SERVICE_RESTART)
+    try:
+        async with asyncio.timeout(CLOSE_HANDSHAKE_TIMEOUT + 1):
+            while service.registry.connected:
+                await asyncio.sleep(CLOSE_POLL_INTERVAL)
+    except TimeoutError:
+        logger.warning("stopping: %d sockets still open", service.registry.connected)
     await app.ctx.reaper
     await service.broker.stop()
-
-
-async def collect_abandoned_frames(app: Sanic) -> None:
-    """Collect, while the loop still runs, frames Sanic read for connections that are gone."""
-    gc.collect()
-
-
-def _quiet_abandoned_frames(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-    """Drop the warning for frames that arrived after their connection closed.
-
-    Sanic hands each chunk a client sends to a task of its own; when a flooding client's
-    connection closes, the tasks still holding its unread frames wait for a reader that has
-    left, and are collected with their connection. That is expected, not an error.
-    """
-    task = context.get("task")
-    if isinstance(task, asyncio.Task) and task.get_coro().__qualname__ == ABANDONED_FRAMES:
-        return
-    loop.default_exception_handler(context)
 
 
 def _make_broker(settings: Settings, registry: ChannelRegistry[Subscriber]) -> Broker:

@@ -35,6 +35,10 @@ class Totals:
 class Broker(ABC):
     """Carries broadcasts to every process with subscribers, and counts across them."""
 
+    # Whether the broker must hear of channels gaining their first or losing their last local
+    # subscriber; when it need not, a socket subscribes without waiting on it.
+    follows_channels = True
+
     @abstractmethod
     async def start(self) -> None:
         """Connect to whatever carries the messages."""
@@ -69,6 +73,8 @@ class Broker(ABC):
 
 class LocalBroker(Broker):
     """The broker of a single process: a broadcast goes straight to the local registry."""
+
+    follows_channels = False
 
     def __init__(self, registry: ChannelRegistry[Any]) -> None:
         self._registry = registry

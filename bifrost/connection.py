@@ -1,9 +1,15 @@
-"""One subscriber's socket: frames written straight to its transport, bounded, never awaited.
+"""One subscriber's socket, served by Bifröst itself once the handshake is done.
 
-Sanic's `ws.send` awaits each socket's back-pressure under a lock, so a fan-out that used it
-would wait on the slowest reader. Frames here are written whole with one synchronous
-`transport.write`, which cannot interleave with another frame, and a socket whose unsent
-bytes pass the bound is closed instead of buffering without end.
+Sanic's own websocket keeps two tasks, a lock, a frame queue and several futures per socket,
+and hands every chunk a client sends to a task of its own with no back-pressure: a socket
+cost about 25 KiB, and a client writing frames faster than its handler read them grew that
+queue without bound before any rate limit could see them. Here a socket is one object: the
+`websockets` library's sans-I/O parser fed straight from the transport, every frame counted
+against the socket's budget the moment it is parsed, and replies written synchronously.
+
+Frames go out whole with one synchronous `transport.write`, which cannot interleave with
+another frame, and a socket whose unsent bytes pass the bound is closed instead of buffering
+without end.
 """
 
 from __future__ import annotations
@@ -12,16 +18,18 @@ import asyncio
 import logging
 import secrets
 from time import monotonic
+from typing import Protocol
 
-from sanic.server.websockets.impl import WebsocketImplProtocol
+from websockets.frames import Frame, Opcode
 from websockets.protocol import State
+from websockets.server import ServerProtocol
 
 from bifrost.liveness import Liveness
 from bifrost.metrics import socket_closed_by_server
-from bifrost.protocol import SLOW_CONSUMER, Close
+from bifrost.protocol import INVALID_TEXT, RATE_LIMIT, SLOW_CONSUMER, Close
 from bifrost.ratelimit import FrameBudget
 
-__all__ = ["CLOSE_HANDSHAKE_TIMEOUT", "Subscriber"]
+__all__ = ["CLOSE_HANDSHAKE_TIMEOUT", "SocketEvents", "Subscriber"]
 
 logger = logging.getLogger("bifrost.connection")
 
@@ -29,28 +37,61 @@ logger = logging.getLogger("bifrost.connection")
 # the connection is dropped; until then the socket still counts as connected.
 CLOSE_HANDSHAKE_TIMEOUT = 2.0
 
+DATA_OPCODES = (Opcode.TEXT, Opcode.BINARY, Opcode.CONT)
 
-class Subscriber:
-    """A connected websocket client, as the registry and the reaper handle it."""
 
-    __slots__ = ("_max_pending", "_transport", "_ws", "budget", "channels", "closed", "liveness")
+class SocketEvents(Protocol):
+    """What a socket reports to the code that gives its messages a meaning."""
+
+    def message_received(self, subscriber: Subscriber, message: str | bytes) -> None:
+        """A whole message arrived: text as `str`, binary as `bytes`."""
+
+    def disconnected(self, subscriber: Subscriber) -> None:
+        """The connection is gone; forget the subscriber."""
+
+
+class Subscriber(asyncio.Protocol):
+    """A connected websocket client: the transport's protocol, and what the registry holds."""
+
+    __slots__ = (
+        "_events",
+        "_max_pending",
+        "_partial",
+        "_transport",
+        "_ws",
+        "budget",
+        "channels",
+        "closed",
+        "liveness",
+    )
 
     def __init__(
         self,
-        ws: WebsocketImplProtocol,
+        transport: asyncio.Transport,
+        ws: ServerProtocol,
+        events: SocketEvents,
         *,
         max_pending_bytes: int,
         max_frames_per_second: float,
         now: float,
     ) -> None:
+        self._transport = transport
         self._ws = ws
-        assert ws.io_proto is not None and ws.io_proto.transport is not None, "socket is open"
-        self._transport: asyncio.Transport = ws.io_proto.transport
+        self._events = events
         self._max_pending = max_pending_bytes
+        self._partial: tuple[Opcode, list[bytes]] | None = None
         self.channels: set[str] = set()
         self.liveness = Liveness(connected_at=now, last_heard=now)
         self.budget = FrameBudget(max_frames_per_second, now)
         self.closed = False
+
+    @property
+    def peer(self) -> str:
+        """The client's IP address, for the log."""
+        peername = self._transport.get_extra_info("peername")
+        return str(peername[0]) if peername else "unknown"
+
+    # Writing
 
     def send(self, frame: bytes) -> bool:
         """Write a ready frame; close the socket instead when its backlog is over the bound."""
@@ -74,34 +115,91 @@ class Subscriber:
         if self.closed:
             return
         self.closed = True
-        protocol = self._ws.ws_proto
-        if protocol.state is not State.OPEN:
+        if self._ws.state is not State.OPEN:
             return
-        protocol.send_close(close.code, close.reason)
-        for data in protocol.data_to_send():
-            self._transport.write(data)
+        self._ws.send_close(close.code, close.reason)
+        self._flush()
         socket_closed_by_server(close)
         asyncio.get_running_loop().call_later(CLOSE_HANDSHAKE_TIMEOUT, self._abort_if_open)
 
     def _abort_if_open(self) -> None:
-        if self._ws.ws_proto.state is not State.CLOSED and not self._transport.is_closing():
+        if not self._transport.is_closing():
             self._transport.abort()
 
     def ping(self, now: float) -> None:
-        """Send a protocol ping; its pong, whenever it comes, counts as hearing from the peer."""
+        """Send a protocol ping; its pong, like any frame, counts as hearing from the peer."""
         if self.closed or self._transport.is_closing():
             return
-        payload = secrets.token_bytes(4)
-        while payload in self._ws.pings:
-            payload = secrets.token_bytes(4)
-        waiter = asyncio.get_running_loop().create_future()
-        waiter.add_done_callback(self._pong_received)
-        self._ws.pings[payload] = waiter
-        self._ws.ws_proto.send_ping(payload)
-        for data in self._ws.ws_proto.data_to_send():
-            self._transport.write(data)
+        self._ws.send_ping(secrets.token_bytes(4))
+        self._flush()
         self.liveness.last_pinged = now
 
-    def _pong_received(self, waiter: asyncio.Future[None]) -> None:
-        if not waiter.cancelled() and waiter.exception() is None:
-            self.liveness.heard(monotonic())
+    def _flush(self) -> None:
+        """Write what the parser has to say (pongs, close frames); an empty chunk ends the TCP
+        connection, which the server closes first once the closing handshake is done."""
+        for data in self._ws.data_to_send():
+            if self._transport.is_closing():
+                return
+            if data:
+                self._transport.write(data)
+            else:
+                self._transport.close()
+
+    # Reading: asyncio.Protocol callbacks
+
+    def data_received(self, data: bytes) -> None:
+        ws = self._ws
+        ws.receive_data(data)
+        frames = ws.events_received()
+        now = monotonic()
+        for frame in frames:
+            if self.closed:
+                break  # after our close frame, only the peer's answer matters to the parser
+            self.liveness.heard(now)
+            if not self.budget.spend(now):
+                logger.info("closing socket of %s: over its frame rate", self.peer)
+                self.close(RATE_LIMIT)
+                # A flooding client is read no further: it costs one read, not all it writes.
+                self._transport.pause_reading()
+                break
+            if frame.opcode in DATA_OPCODES:
+                self._assemble(frame)
+        if ws.state is not State.OPEN:
+            self.closed = True  # the parser closed it: the peer's close, or a protocol error
+        self._flush()
+
+    def _assemble(self, frame: Frame) -> None:
+        """Join a fragmented message; the parser already bounds its total size."""
+        if frame.opcode is Opcode.CONT:
+            if self._partial is None:
+                return  # the parser refuses a continuation without a start
+            opcode, fragments = self._partial
+            fragments.append(frame.data)
+            if not frame.fin:
+                return
+            self._partial = None
+            payload = b"".join(fragments)
+        elif not frame.fin:
+            self._partial = (frame.opcode, [frame.data])
+            return
+        else:
+            opcode, payload = frame.opcode, bytes(frame.data)
+        if opcode is Opcode.BINARY:
+            self._events.message_received(self, payload)
+            return
+        try:
+            message = payload.decode()
+        except UnicodeDecodeError:
+            self.close(INVALID_TEXT)
+            return
+        self._events.message_received(self, message)
+
+    def eof_received(self) -> bool:
+        self._ws.receive_eof()
+        self.closed = True
+        self._flush()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._events.disconnected(self)

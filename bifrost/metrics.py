@@ -30,6 +30,7 @@ from bifrost.protocol import (
     AUTHENTICATION_TIMEOUT,
     BINARY_REFUSED,
     IDLE_TIMEOUT,
+    INVALID_TEXT,
     NOT_AUTHORIZED,
     RATE_LIMIT,
     SERVICE_RESTART,
@@ -122,6 +123,7 @@ CLOSE_REASONS: dict[Close, str] = {
     RATE_LIMIT: "rate_limit",
     NOT_AUTHORIZED: "not_authorized",
     BINARY_REFUSED: "binary_frame",
+    INVALID_TEXT: "invalid_text",
     SERVICE_RESTART: "shutdown",
 }
 

@@ -16,6 +16,7 @@ __all__ = [
     "AUTHENTICATION_TIMEOUT",
     "BINARY_REFUSED",
     "IDLE_TIMEOUT",
+    "INVALID_TEXT",
     "NOT_AUTHORIZED",
     "PONG",
     "RATE_LIMIT",
@@ -47,6 +48,7 @@ IDLE_TIMEOUT = Close(1001, "Idle timeout")
 SLOW_CONSUMER = Close(1008, "Slow consumer")
 RATE_LIMIT = Close(1008, "Rate limit")
 BINARY_REFUSED = Close(1003, "Binary frames are not accepted")
+INVALID_TEXT = Close(1007, "Text frames must be UTF-8")
 SERVICE_RESTART = Close(1012, "Service restart")
 
 

@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import socket
-import time
 
 import pytest
-from websockets.client import ClientProtocol
-from websockets.frames import Close
-from websockets.protocol import State
-from websockets.uri import parse_uri
 
 from bifrost.connection import CLOSE_HANDSHAKE_TIMEOUT
 from tests.clients import authenticated, post_broadcast, receive_json, wait_for_connected
-from tests.live import BifrostServer, broadcast_token, subscribe_token
+from tests.live import BifrostServer, broadcast_token
+from tests.raw_peer import RawPeer
 
 LIVENESS_ENV = {"BIFROST_PING_INTERVAL": "0.4", "BIFROST_IDLE_TIMEOUT": "1.2"}
 
@@ -26,57 +20,6 @@ def quick_reaper(log_dir) -> BifrostServer:
     yield live
     live.stop()
     live.assert_log_clean()
-
-
-class VanishedPeer:
-    """A client that completes the handshake and authenticates, then never reads or answers.
-
-    Built on the sans-I/O protocol of `websockets` over a plain socket, so that nothing in it
-    replies to the server's pings: the peer of a laptop that closed its lid.
-    """
-
-    def __init__(self, server: BifrostServer, channels: list[str]) -> None:
-        self.protocol = ClientProtocol(parse_uri(server.ws_url))
-        self.sock = socket.create_connection(("127.0.0.1", server.port))
-        request = self.protocol.connect()
-        self.protocol.send_request(request)
-        self._flush()
-        self._receive_until(lambda: self.protocol.state is State.OPEN)
-        self.protocol.send_text(
-            json.dumps({"event": "authenticate", "data": subscribe_token(channels)}).encode()
-        )
-        self._flush()
-
-    def _flush(self) -> None:
-        for data in self.protocol.data_to_send():
-            if data:
-                self.sock.sendall(data)
-
-    def _receive_until(self, done, timeout: float = 5.0) -> None:
-        self.sock.settimeout(timeout)
-        while not done():
-            data = self.sock.recv(65536)
-            if not data:
-                self.protocol.receive_eof()
-                return
-            self.protocol.receive_data(data)
-
-    def close_frame_received(self, timeout: float) -> Close | None:
-        """Read what the server sent (pings go unanswered) until its close frame or timeout."""
-        deadline = time.monotonic() + timeout
-        self.sock.settimeout(0.2)
-        while time.monotonic() < deadline:
-            try:
-                data = self.sock.recv(65536)
-            except TimeoutError:
-                continue
-            if not data:
-                break
-            self.protocol.receive_data(data)
-            self.protocol.data_to_send()  # the pongs and close reply this peer never sends
-            if self.protocol.close_rcvd is not None:
-                return self.protocol.close_rcvd
-        return self.protocol.close_rcvd
 
 
 async def test_client_answering_pings_stays_connected_while_silent(quick_reaper: BifrostServer):
@@ -92,7 +35,7 @@ async def test_client_answering_pings_stays_connected_while_silent(quick_reaper:
 async def test_vanished_peer_is_closed_idle_and_forgotten(quick_reaper: BifrostServer):
     """A peer that never answers is closed with 1001 `Idle timeout`, leaving channels and stats."""
     before = quick_reaper.stats()
-    peer = await asyncio.to_thread(VanishedPeer, quick_reaper, ["vanishing"])
+    peer = await asyncio.to_thread(RawPeer, quick_reaper, ["vanishing"])
     await asyncio.sleep(0.2)
     assert quick_reaper.stats()["connected"] == before["connected"] + 1
     close = await asyncio.to_thread(peer.close_frame_received, 4.0)

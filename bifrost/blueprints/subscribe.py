@@ -5,20 +5,23 @@ A thin shell: `bifrost.protocol` decides what each frame means, this module carr
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Coroutine
 from time import monotonic
+from typing import Any
 
 from sanic import Blueprint, Request, Sanic
 from sanic.response import HTTPResponse, json
-from sanic.server.websockets.impl import WebsocketImplProtocol
 from sanic_ext import openapi
+from websockets.server import ServerProtocol
 
 from bifrost import metrics
 from bifrost.connection import Subscriber
+from bifrost.handshake import upgrade
 from bifrost.protocol import (
     NOT_AUTHORIZED,
     PONG,
-    RATE_LIMIT,
     Authenticate,
     Close,
     ErrorReply,
@@ -38,16 +41,10 @@ logger = logging.getLogger("bifrost.subscribe")
 subscribe_bp = Blueprint("subscribe")
 
 
-@subscribe_bp.before_server_start(priority=100)
-async def leave_out_of_openapi(app: Sanic) -> None:
-    """A websocket is no HTTP operation: its protocol is in the README, not in the OpenAPI.
-
-    Sanic wraps websocket handlers when it registers them, so the wrapper is what to exclude,
-    before the OpenAPI document is built.
-    """
-    for route in app.router.routes:
-        if route.extra.websocket:
-            openapi.exclude()(route.handler)
+@subscribe_bp.before_server_start(priority=-10)
+async def open_subscriptions(app: Sanic) -> None:
+    """Give the worker its frame rules, once the app's own listener has made its service."""
+    app.ctx.subscriptions = Subscriptions(service_of(app))
 
 
 @subscribe_bp.on_request
@@ -66,64 +63,100 @@ async def admit_handshake(request: Request) -> HTTPResponse | None:
     return None
 
 
-@subscribe_bp.websocket("/subscribe")
-async def subscribe(request: Request, ws: WebsocketImplProtocol) -> None:
-    """Serve one subscriber until it leaves or is closed."""
-    service = service_of(request.app)
-    settings = service.settings
-    subscriber = Subscriber(
-        ws,
-        max_pending_bytes=settings.max_pending_bytes,
-        max_frames_per_second=settings.max_frames_per_second,
-        now=monotonic(),
-    )
-    service.registry.connect(subscriber)
-    try:
-        async for frame in ws:
-            # After the server's close frame, read on until the client's, ignoring the rest.
-            if not subscriber.closed:
-                await _handle_frame(service, subscriber, frame, request.client_ip)
-    finally:
-        for channel in service.registry.disconnect(subscriber):
-            await service.broker.channel_vacated(channel)
+@subscribe_bp.get("/subscribe")
+@openapi.exclude()
+async def subscribe(request: Request) -> HTTPResponse | None:
+    """Upgrade to a websocket served by a `Subscriber`, or answer why not.
+
+    The websocket protocol is in the README, not in the OpenAPI description.
+    """
+    subscriptions: Subscriptions = request.app.ctx.subscriptions
+    max_frame_bytes = service_of(request.app).settings.max_frame_bytes
+    return upgrade(request, subscriptions.accept, max_frame_bytes)
 
 
-async def _handle_frame(
-    service: Service, subscriber: Subscriber, frame: str | bytes, peer: str
-) -> None:
-    """Carry out what one frame asks."""
-    now = monotonic()
-    subscriber.liveness.heard(now)
-    if not subscriber.budget.spend(now):
-        rate = service.settings.max_frames_per_second
-        logger.info("closing socket of %s: over %g frames/s", peer, rate)
-        subscriber.close(RATE_LIMIT)
-        return
-    match interpret_frame(frame):
-        case Authenticate(token=token):
-            await _authenticate(service, subscriber, token, peer)
-        case Pong():
-            subscriber.send(PONG)
-        case ErrorReply(reason=reason):
-            subscriber.send(error_reply(reason))
-        case Ignore():
-            pass
-        case Close() as close:
-            logger.info("closing socket of %s: %s", peer, close.reason)
-            subscriber.close(close)
+# Sanic's mark for a handler that answers by upgrading the connection, not with a response.
+subscribe.is_websocket = True  # type: ignore[attr-defined]
 
 
-async def _authenticate(service: Service, subscriber: Subscriber, token: object, peer: str) -> None:
-    """Subscribe to the channels the token grants, or close the socket as not authorised."""
-    try:
-        channels = service.verifier.subscribe_channels(token)
-    except TokenRejected as rejection:
-        logger.info("authentication failed for %s: %s", peer, rejection)
-        metrics.authentication_failed("subscribe", str(rejection))
-        subscriber.close(NOT_AUTHORIZED)
-        return
-    for channel in service.registry.subscribe(subscriber, channels):
-        await service.broker.channel_occupied(channel)
+class Subscriptions:
+    """What the frames of `/subscribe` mean for this worker's registry and broker."""
+
+    def __init__(self, service: Service) -> None:
+        self._service = service
+        # Strong references to the broker calls in flight, which the loop only holds weakly.
+        self._in_flight: set[asyncio.Task[None]] = set()
+
+    def accept(self, transport: asyncio.Transport, ws: ServerProtocol) -> Subscriber:
+        """A new socket, counted from now on."""
+        settings = self._service.settings
+        subscriber = Subscriber(
+            transport,
+            ws,
+            self,
+            max_pending_bytes=settings.max_pending_bytes,
+            max_frames_per_second=settings.max_frames_per_second,
+            now=monotonic(),
+        )
+        self._service.registry.connect(subscriber)
+        return subscriber
+
+    def message_received(self, subscriber: Subscriber, message: str | bytes) -> None:
+        """Carry out what one message asks."""
+        match interpret_frame(message):
+            case Authenticate(token=token):
+                self._authenticate(subscriber, token)
+            case Pong():
+                subscriber.send(PONG)
+            case ErrorReply(reason=reason):
+                subscriber.send(error_reply(reason))
+            case Ignore():
+                pass
+            case Close() as close:
+                logger.info("closing socket of %s: %s", subscriber.peer, close.reason)
+                subscriber.close(close)
+
+    def disconnected(self, subscriber: Subscriber) -> None:
+        """Forget the socket; tell the broker of channels nobody here hears any more."""
+        vacated = self._service.registry.disconnect(subscriber)
+        if vacated and self._service.broker.follows_channels:
+            self._run(self._vacate(vacated))
+
+    def _authenticate(self, subscriber: Subscriber, token: object) -> None:
+        """Subscribe to the channels the token grants, or close the socket as not authorised."""
+        service = self._service
+        try:
+            channels = service.verifier.subscribe_channels(token)
+        except TokenRejected as rejection:
+            logger.info("authentication failed for %s: %s", subscriber.peer, rejection)
+            metrics.authentication_failed("subscribe", str(rejection))
+            subscriber.close(NOT_AUTHORIZED)
+            return
+        occupied = service.registry.subscribe(subscriber, channels)
+        if occupied and service.broker.follows_channels:
+            self._run(self._occupy_then_confirm(subscriber, occupied, channels))
+        else:
+            _confirm(subscriber, channels)
+
+    async def _occupy_then_confirm(
+        self, subscriber: Subscriber, occupied: list[str], channels: list[str]
+    ) -> None:
+        """Say `subscribed` only once the broker carries the channels' broadcasts here."""
+        for channel in occupied:
+            await self._service.broker.channel_occupied(channel)
+        _confirm(subscriber, channels)
+
+    async def _vacate(self, channels: list[str]) -> None:
+        for channel in channels:
+            await self._service.broker.channel_vacated(channel)
+
+    def _run(self, call: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(call)
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
+
+
+def _confirm(subscriber: Subscriber, channels: list[str]) -> None:
     subscriber.liveness.authenticated = True
     for channel in channels:
         subscriber.send(subscribed_reply(channel))

@@ -1,0 +1,63 @@
+"""The websocket handshake, answered by the `websockets` library, and the hand-over from Sanic.
+
+Sanic parses the upgrade request and runs the middleware (origin and capacity checks); the
+library validates the request and writes the 101 answer; the connection is then taken from
+Sanic's HTTP protocol and given to the protocol object that serves the socket from then on
+(`bifrost.connection.Subscriber`). Sanic's own websocket machinery is never started, so a
+socket costs one object and no task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from sanic import Request
+from sanic.response import HTTPResponse, json
+from sanic.server import HttpProtocol
+from websockets.datastructures import Headers
+from websockets.http11 import Request as UpgradeRequest
+from websockets.protocol import State
+from websockets.server import ServerProtocol
+
+__all__ = ["SocketFactory", "upgrade"]
+
+SocketFactory = Callable[[asyncio.Transport, ServerProtocol], asyncio.Protocol]
+
+
+def upgrade(request: Request, serve: SocketFactory, max_frame_bytes: int) -> HTTPResponse | None:
+    """Switch the request's connection to a websocket served by `serve(transport, parser)`.
+
+    Returns the JSON error to answer when the request is no valid websocket upgrade, or None
+    once the 101 is written and the connection belongs to the new protocol.
+    """
+    # Made open: Sanic has read the request already, so the parser starts at the first frame.
+    ws = ServerProtocol(max_size=max_frame_bytes, state=State.OPEN)
+    answer = ws.accept(UpgradeRequest(path=request.path, headers=Headers(request.headers)))
+    if answer.status_code != 101:
+        reason = answer.body.decode(errors="replace").strip() or answer.reason_phrase
+        return json({"error": reason}, status=answer.status_code)
+    transport: asyncio.Transport = request.transport  # type: ignore[assignment]
+    http = transport.get_protocol()
+    assert isinstance(http, HttpProtocol), "served by Sanic's HTTP/1.1 protocol"
+    unread = bytes(http.recv_buffer)
+    _release(http)
+    transport.write(answer.serialize())
+    protocol = serve(transport, ws)
+    transport.set_protocol(protocol)
+    transport.resume_reading()
+    if unread:
+        protocol.data_received(unread)
+    return None
+
+
+def _release(http: HttpProtocol) -> None:
+    """Make Sanic's HTTP protocol let go of the connection without closing it.
+
+    Its connection task ends when the handler returns; with no transport its closing is a
+    no-op that also cancels its timeout timer (left armed, it would keep the connection's
+    objects alive for half a minute). Out of its connection set, the socket is no longer
+    Sanic's to close at shutdown: `bifrost.app.close_service` closes it with 1012.
+    """
+    http.connections.discard(http)
+    http.transport = None

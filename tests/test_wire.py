@@ -1,0 +1,93 @@
+"""`/subscribe` at the level of frames, from a client no browser would be: pipelined frames,
+fragmented messages, broken text and a flood, against a live server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+from websockets.frames import Opcode
+
+from tests.clients import authenticated, post_broadcast, receive_json
+from tests.live import BifrostServer, broadcast_token
+from tests.raw_peer import RawPeer, authenticate_frame, masked_frame
+
+PING = masked_frame(b'{"event":"ping"}')
+PONG = '{"event":"pong"}'
+FLOOD_SECONDS = 1.0  # less than the closing handshake's timeout: the close frame is still there
+FLOOD_RSS_GROWTH_LIMIT = 20 * 1024 * 1024
+
+
+def resident_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for process {pid}")
+
+
+async def test_frames_pipelined_behind_the_handshake_are_served(server: BifrostServer):
+    """Frames written in the same packet as the upgrade request are read, in order."""
+    pipelined = authenticate_frame(["piped"]) + PING
+    peer = await asyncio.to_thread(RawPeer, server, pipelined=pipelined)
+    try:
+        subscribed, pong = await asyncio.to_thread(peer.texts_received, 2)
+        assert json.loads(json.loads(subscribed)["data"]) == {"channel": "piped"}
+        assert pong == PONG
+    finally:
+        peer.close()
+
+
+async def test_fragmented_message_is_joined(server: BifrostServer):
+    """A message split over a text frame and continuation frames is read as one."""
+    peer = await asyncio.to_thread(RawPeer, server)
+    try:
+        fragments = (
+            masked_frame(b'{"eve', fin=False)
+            + masked_frame(b'nt":"pi', Opcode.CONT, fin=False)
+            + masked_frame(b'ng"}', Opcode.CONT)
+        )
+        await asyncio.to_thread(peer.send, fragments)
+        assert await asyncio.to_thread(peer.texts_received, 1) == [PONG]
+    finally:
+        peer.close()
+
+
+async def test_text_that_is_not_utf8_closes_1007(server: BifrostServer):
+    """A text frame that is not UTF-8 breaks the websocket protocol: closed with 1007."""
+    peer = await asyncio.to_thread(RawPeer, server)
+    try:
+        await asyncio.to_thread(peer.send, masked_frame(b'{"event":"\xff"}'))
+        close = await asyncio.to_thread(peer.close_frame_received, 5.0)
+        assert close is not None and (close.code, close.reason) == (
+            1007,
+            "Text frames must be UTF-8",
+        )
+    finally:
+        peer.close()
+
+
+async def test_flooding_client_is_closed_and_starves_nobody(server: BifrostServer):
+    """A client writing frames as fast as it can is closed with 1008 `Rate limit` and read no
+    further: the server's memory stays flat, and a subscriber beside it hears every broadcast."""
+    assert server.process is not None
+    healthy = await authenticated(server, ["beside-the-flood"])
+    flooder = await asyncio.to_thread(RawPeer, server)
+    rss_before = resident_bytes(server.process.pid)
+    flood = asyncio.create_task(
+        asyncio.to_thread(flooder.flood, masked_frame(b'{"event":"typing"}'), FLOOD_SECONDS)
+    )
+    try:
+        async with healthy:
+            for sequence in range(20):
+                message = {"event": "tick", "data": str(sequence)}
+                token = broadcast_token(message, channel="beside-the-flood")
+                assert (await post_broadcast(server, token)).json()["deliveries"] == 1
+                assert await receive_json(healthy) == message
+            await flood
+        rss_growth = resident_bytes(server.process.pid) - rss_before
+        close = await asyncio.to_thread(flooder.close_frame_received, 5.0)
+        assert close is not None and (close.code, close.reason) == (1008, "Rate limit")
+        assert rss_growth < FLOOD_RSS_GROWTH_LIMIT
+    finally:
+        flooder.close()
