@@ -38,6 +38,7 @@ logger = logging.getLogger("bifrost.connection")
 CLOSE_HANDSHAKE_TIMEOUT = 2.0
 
 DATA_OPCODES = (Opcode.TEXT, Opcode.BINARY, Opcode.CONT)
+READ_SLICE_BYTES = 4096
 
 
 class SocketEvents(Protocol):
@@ -148,6 +149,17 @@ class Subscriber(asyncio.Protocol):
     # Reading: asyncio.Protocol callbacks
 
     def data_received(self, data: bytes) -> None:
+        if len(data) <= READ_SLICE_BYTES:
+            self._receive(data)
+            return
+        # A read can hold thousands of frames; parsed a slice at a time, a flooding client
+        # is stopped after its first slice over budget, not after all it managed to write.
+        for start in range(0, len(data), READ_SLICE_BYTES):
+            if not self._transport.is_reading():
+                return
+            self._receive(data[start : start + READ_SLICE_BYTES])
+
+    def _receive(self, data: bytes) -> None:
         ws = self._ws
         ws.receive_data(data)
         frames = ws.events_received()
@@ -159,7 +171,7 @@ class Subscriber(asyncio.Protocol):
             if not self.budget.spend(now):
                 logger.info("closing socket of %s: over its frame rate", self.peer)
                 self.close(RATE_LIMIT)
-                # A flooding client is read no further: it costs one read, not all it writes.
+                # A flooding client is read no further: it costs one slice, not all it writes.
                 self._transport.pause_reading()
                 break
             if frame.opcode in DATA_OPCODES:

@@ -13,6 +13,8 @@ from bifrost.settings import Settings
 
 __all__ = ["reap_idle_sockets", "reaper_tick"]
 
+SOCKETS_PER_STEP = 128
+
 logger = logging.getLogger("bifrost.reaper")
 
 
@@ -34,7 +36,11 @@ async def reap_idle_sockets(
         except TimeoutError:
             pass
         now = monotonic()
-        for listener in registry.listeners():
+        for index, listener in enumerate(registry.listeners()):
+            if index % SOCKETS_PER_STEP == SOCKETS_PER_STEP - 1:
+                # Let broadcasts through between steps: closing a thousand sockets that
+                # never authenticated, all due at once, would otherwise hold them up.
+                await asyncio.sleep(0)
             if listener.closed:
                 continue
             verdict = liveness_verdict(
