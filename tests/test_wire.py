@@ -53,6 +53,19 @@ async def test_fragmented_message_is_joined(server: BifrostServer):
         peer.close()
 
 
+async def test_fragmented_message_over_the_frame_limit_closes_1009(server: BifrostServer):
+    """Fragments each under BIFROST_MAX_FRAME_BYTES (4096 here) but over it together: 1009."""
+    peer = await asyncio.to_thread(RawPeer, server)
+    try:
+        chunk = b" " * 3000
+        fragments = masked_frame(chunk, fin=False) + masked_frame(chunk, Opcode.CONT)
+        await asyncio.to_thread(peer.send, fragments)
+        close = await asyncio.to_thread(peer.close_frame_received, 5.0)
+        assert close is not None and close.code == 1009
+    finally:
+        peer.close()
+
+
 async def test_text_that_is_not_utf8_closes_1007(server: BifrostServer):
     """A text frame that is not UTF-8 breaks the websocket protocol: closed with 1007."""
     peer = await asyncio.to_thread(RawPeer, server)
