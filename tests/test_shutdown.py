@@ -9,10 +9,12 @@ import time
 
 import httpx
 import pytest
-from websockets.exceptions import ConnectionClosed
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.clients import authenticated
 from tests.live import broadcast_token
+from tests.raw_peer import RawPeer
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -73,3 +75,23 @@ async def test_shutdown_under_load_answers_truthfully(start_server):
     assert len(delivered) > 20, "broadcasts were in flight when the signal came"
     for n in delivered:
         assert answers[n] == sum(n in seen for seen in received), f"broadcast {n} miscounted"
+
+
+async def test_handshakes_while_stopping_are_refused_503(start_server):
+    """While its sockets finish their closing handshakes, a stopping server refuses new ones
+    with 503, so that clients reconnect to a live instance instead of to one that is leaving."""
+    live = start_server()
+    # A peer that never answers the close frame keeps the closing handshakes going for 2 s.
+    silent = await asyncio.to_thread(RawPeer, live, ["leaving"])
+    try:
+        live.process.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.5)
+        with pytest.raises(InvalidStatus) as refused:
+            async with connect(live.ws_url):
+                pass
+        assert refused.value.response.status_code == 503
+        close = await asyncio.to_thread(silent.close_frame_received, 5.0)
+        assert close is not None and close.code == 1012
+    finally:
+        silent.close()
+    assert await asyncio.to_thread(live.process.wait, 15) == 0

@@ -49,14 +49,18 @@ async def open_subscriptions(app: Sanic) -> None:
 
 @subscribe_bp.on_request
 async def admit_handshake(request: Request) -> HTTPResponse | None:
-    """Refuse a handshake before it upgrades: foreign origins and a full process."""
-    settings = service_of(request.app).settings
+    """Refuse a handshake before it upgrades: foreign origins, a full or a stopping process."""
+    service = service_of(request.app)
+    settings = service.settings
     origin = request.headers.get("origin")
     if settings.allowed_origins and origin and origin.rstrip("/") not in settings.allowed_origins:
         logger.info("refused handshake from origin %s", origin)
         metrics.handshake_refused("origin")
         return json({"error": "Origin not allowed"}, status=403)
-    if service_of(request.app).registry.connected >= settings.max_connections:
+    if service.stopping.is_set():
+        # Its sockets are being closed with 1012: the client must go to a live instance.
+        return json({"error": "Shutting down, try another instance"}, status=503)
+    if service.registry.connected >= settings.max_connections:
         logger.warning("refused handshake: %d connections open", settings.max_connections)
         metrics.handshake_refused("full")
         return json({"error": "Too many connections, try another instance"}, status=503)
