@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -53,7 +54,7 @@ def spread(broadcasts: int, channels: list[str]) -> dict[str, int]:
 
 
 async def broadcast_all(
-    http_url: str,
+    http_urls: Sequence[str],
     secret: str,
     per_channel: dict[str, int],
     subscribers: dict[str, int],
@@ -71,9 +72,8 @@ async def broadcast_all(
     i / rate seconds after the first (open loop, unless the server falls behind the schedule),
     so latency is measured below saturation. With `exact_deliveries` False, sockets other than
     the checked subscribers may share the channels: deliveries must then be at least theirs.
+    The keep-alive connections go to `http_urls` in turn, as a load balancer would spread them.
     """
-    parts = urlsplit(http_url)
-    host, port = parts.hostname or "127.0.0.1", parts.port or 80
     padding = "x" * padding_bytes
     ready: deque[str] = deque(c for c, n in per_channel.items() if n > 0)
     sent = dict.fromkeys(per_channel, 0)
@@ -83,9 +83,10 @@ async def broadcast_all(
     issued = 0
     start_s = time.monotonic()
 
-    async def sender() -> None:
+    async def sender(http_url: str) -> None:
         nonlocal remaining, issued
-        client = KeepAliveClient(host, port)
+        parts = urlsplit(http_url)
+        client = KeepAliveClient(parts.hostname or "127.0.0.1", parts.port or 80)
         try:
             while remaining > 0:
                 if not ready:
@@ -141,6 +142,8 @@ async def broadcast_all(
             await client.close()
 
     cpu0, wall0 = time.process_time(), time.monotonic()
-    await asyncio.gather(*(sender() for _ in range(max(1, connections))))
+    await asyncio.gather(
+        *(sender(http_urls[i % len(http_urls)]) for i in range(max(1, connections)))
+    )
     outcome.cpu_s, outcome.wall_s = time.process_time() - cpu0, time.monotonic() - wall0
     return outcome

@@ -240,7 +240,8 @@ class Report:
             f"- machine: {machine_description()}",
             f"- command: `{command}` ({mode})",
             "- servers: Bifröst (one Sanic process, `--single-process`) and the Node.js reference "
-            "(`bench/reference/server.js`, ws + jsonwebtoken), same JWT_SECRET, loopback only",
+            "(`bench/reference/server.js`, ws + jsonwebtoken); in (e), two Bifröst processes "
+            "sharing a `redis-server` of their own; same JWT_SECRET, loopback only",
             "",
             "CPU is utime+stime of the server's process tree from /proc during the broadcast "
             "phase; RSS per socket is (RSS with all sockets - RSS before) / sockets. Generators "

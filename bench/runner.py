@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from array import array
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -24,6 +25,8 @@ __all__ = ["Options", "RunResult", "StepResult", "run_once"]
 
 GENERATOR_CPU_LIMIT = 0.5
 """Above half a core, a generator process may be what sets the pace: the run gets a warning."""
+STATS_SETTLE_S = 3.0
+"""How long /info.json may take to agree with the clients: a heartbeat period and then some."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,14 +75,34 @@ async def _stats(http: KeepAliveClient) -> dict[str, Any]:
     return dict(body["stats"])
 
 
-async def _warm_up(http: KeepAliveClient, server: RunningServer, secret: str) -> None:
-    """Touch the broadcast path once (no subscribers) so lazy set-up is in the baseline."""
+async def _stats_when(
+    http: KeepAliveClient, agrees: Callable[[dict[str, Any]], bool]
+) -> dict[str, Any]:
+    """/info.json once it agrees, or as it stands after `STATS_SETTLE_S`: across nodes its
+    totals come from each node's heartbeat, a second old at most."""
+    deadline = time.monotonic() + STATS_SETTLE_S
+    while True:
+        stats = await _stats(http)
+        if agrees(stats) or time.monotonic() > deadline:
+            return stats
+        await asyncio.sleep(0.1)
+
+
+async def _warm_up(server: RunningServer, secret: str) -> None:
+    """Touch every node's broadcast path once (no subscribers) so lazy set-up is in the
+    baseline."""
     from bench.tokens import broadcast_token
 
     token = broadcast_token(secret, "bench:warm-up", {"event": "warm-up", "data": None})
-    status, body = await http.post_json("/broadcast", {"token": token})
-    if status != 200:
-        raise RuntimeError(f"{server.spec.label}: warm-up broadcast answered {status} {body!r}")
+    for url in server.broadcast_urls:
+        parts = urlsplit(url)
+        http = KeepAliveClient(parts.hostname or "127.0.0.1", parts.port or 80)
+        try:
+            status, body = await http.post_json("/broadcast", {"token": token})
+        finally:
+            await http.close()
+        if status != 200:
+            raise RuntimeError(f"{server.spec.label}: warm-up at {url} answered {status} {body!r}")
 
 
 async def _climb(
@@ -154,7 +177,7 @@ async def _broadcast(
         result.errors.append(f"generators expect {armed} frames, the plan says {expected}")
     before = server.sample()
     sent = await broadcast_all(
-        server.http_url,
+        server.broadcast_urls,
         secret,
         per_channel,
         subscribers,
@@ -226,7 +249,7 @@ async def run_once(
     parts = urlsplit(server.http_url)
     http = KeepAliveClient(parts.hostname or "127.0.0.1", parts.port or 80)
     try:
-        await _warm_up(http, server, secret)
+        await _warm_up(server, secret)
         stats0 = await _stats(http)
         await asyncio.sleep(options.settle_s)
         baseline_rss = server.sample().rss_bytes
@@ -235,10 +258,11 @@ async def run_once(
         )
         swarm = Swarm.start(options.generators, secret, layout)
         await _climb(scenario, swarm, server, baseline_rss, options, result)
-        stats1 = await _stats(http)
-        if stats1.get("connected") != swarm.clients:
+        opened = swarm.clients
+        stats1 = await _stats_when(http, lambda s: s.get("connected") == opened)
+        if stats1.get("connected") != opened:
             result.errors.append(
-                f"/info.json says {stats1.get('connected')} connected, {swarm.clients} opened"
+                f"/info.json says {stats1.get('connected')} connected, {opened} opened"
             )
         frames = await _broadcast(
             scenario, swarm, server, secret, options, result, broadcasts=scenario.broadcasts
@@ -255,7 +279,9 @@ async def run_once(
                 rate=scenario.paced_rate,
                 prefix="paced_",
             )
-        stats2 = await _stats(http)
+        stats2 = await _stats_when(
+            http, lambda s: s.get("deliveries", 0) - stats0.get("deliveries", 0) == frames
+        )
         counted = stats2.get("deliveries", 0) - stats0.get("deliveries", 0)
         if counted != frames:
             result.errors.append(

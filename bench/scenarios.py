@@ -1,13 +1,13 @@
-"""The four workloads of issue 4, in full and `--quick` sizes, as plain data.
+"""The workloads, in full and `--quick` sizes, as plain data.
 
 A scenario names the two topologies it compares (`subject`, `baseline`, keys of
-`bench.servers.TOPOLOGIES`), so a later "two Bifröst nodes through Redis" scenario is one more
-entry here plus one topology there; the runner needs no change.
+`bench.servers.TOPOLOGIES`): (a)-(d) Bifröst against the Node reference, (e) two Bifröst nodes
+through Redis against one Bifröst process, in the same run.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 __all__ = ["CAPACITY_HEADROOM", "PACED_RATE", "Scenario", "build_scenarios"]
 
@@ -70,17 +70,18 @@ def build_scenarios(*, quick: bool, open_file_limit: int) -> dict[str, Scenario]
     spread_title = (
         f"spread: {channels} channels x {spread_broadcasts} broadcasts, {spread_subs} subscribers"
     )
+    fanout = Scenario(
+        "a",
+        fanout_title,
+        (fanout,),
+        1,
+        fanout_broadcasts,
+        throughput=True,
+        paced_broadcasts=paced,
+        paced_rate=PACED_RATE,
+    )
     scenarios = [
-        Scenario(
-            "a",
-            fanout_title,
-            (fanout,),
-            1,
-            fanout_broadcasts,
-            throughput=True,
-            paced_broadcasts=paced,
-            paced_rate=PACED_RATE,
-        ),
+        fanout,
         Scenario("b", spread_title, (spread_subs,), channels, spread_broadcasts, throughput=True),
         Scenario(
             "c",
@@ -96,6 +97,14 @@ def build_scenarios(*, quick: bool, open_file_limit: int) -> dict[str, Scenario]
             channels,
             broadcasts=channels,
             capacity=True,
+        ),
+        replace(
+            fanout,
+            key="e",
+            title=f"two nodes through Redis: the {fanout_title}; subscribers and POSTs spread "
+            "over both nodes",
+            subject="bifrost-redis",
+            baseline="bifrost",
         ),
     ]
     return {s.key: s for s in scenarios}

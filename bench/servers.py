@@ -1,10 +1,9 @@
 """The servers under test, described as data: each node is a command, an environment and a port.
 
-A topology is a function from free ports and the shared secret to a `ServerSpec`. The two
-built in are one Bifröst process and the Node reference; a later scenario with two Bifröst
-nodes through Redis adds a topology returning two `NodeSpec`s (and `extra_pids` for a Redis it
-starts itself, should its CPU count too) without touching the runner: the runner spreads
-subscribers over every node's URL and accounts CPU and memory over every node's process tree.
+A topology is a function from free ports and the shared secret to a `ServerSpec`: one Bifröst
+process, the Node reference, or two Bifröst nodes sharing a Redis that the topology starts as
+a service of its own. The runner spreads subscribers over every node's URL, sends broadcasts
+to the nodes in turn, and accounts CPU and memory over every node's and service's process.
 """
 
 from __future__ import annotations
@@ -31,7 +30,9 @@ __all__ = [
     "RunningServer",
     "ServerSpec",
     "ServerStartError",
+    "ServiceSpec",
     "Topology",
+    "bifrost_redis_pair",
     "bifrost_single",
     "free_port",
     "node_reference",
@@ -83,14 +84,26 @@ class NodeSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class ServiceSpec:
+    """A process the nodes depend on (a Redis): started before them, stopped after them, and
+    part of the server's bill, since a deployment runs it too."""
+
+    argv: tuple[str, ...]
+    port: int
+    host: str = "127.0.0.1"
+
+
+@dataclass(frozen=True, slots=True)
 class ServerSpec:
-    """A server under test: one or more nodes, and pids outside them whose cost also counts."""
+    """A server under test: one or more nodes, the services they use, and pids outside them
+    whose cost also counts."""
 
     key: str
     label: str
     nodes: tuple[NodeSpec, ...]
     extra_pids: tuple[int, ...] = ()
     prepare: Callable[[], None] | None = None
+    services: tuple[ServiceSpec, ...] = ()
 
 
 Topology = Callable[[Callable[[], int], str], ServerSpec]
@@ -104,10 +117,12 @@ class RunningServer:
     spec: ServerSpec
     processes: list[subprocess.Popen[bytes]]
     log_paths: list[Path]
+    service_processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     @property
     def pids(self) -> tuple[int, ...]:
-        return tuple(p.pid for p in self.processes) + self.spec.extra_pids
+        started = self.processes + self.service_processes
+        return tuple(p.pid for p in started) + self.spec.extra_pids
 
     @property
     def subscribe_urls(self) -> list[str]:
@@ -118,6 +133,11 @@ class RunningServer:
         """Where broadcasts and /info.json go: stats are totals over all nodes by contract."""
         return self.spec.nodes[0].base_url
 
+    @property
+    def broadcast_urls(self) -> list[str]:
+        """Every node, as a load balancer in front of them would spread the application's POSTs."""
+        return [n.base_url for n in self.spec.nodes]
+
     def sample(self) -> TreeSample:
         return sample_tree(self.pids)
 
@@ -127,19 +147,29 @@ class RunningServer:
                 raise ServerStartError(
                     f"{self.spec.label} exited with {process.returncode}; see {log}"
                 )
+        for service in self.service_processes:
+            if service.poll() is not None:
+                raise ServerStartError(f"{service.args[0]} exited with {service.returncode}")
 
     def stop(self) -> None:
-        """SIGTERM every node, then SIGKILL whatever is still there after the grace period."""
-        for process in self.processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT_S
-        for process in self.processes:
-            try:
-                process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=STOP_TIMEOUT_S)
+        """Stop every node, then the services they use, which the nodes still talk to while
+        they close their sockets."""
+        _terminate(self.processes)
+        _terminate(self.service_processes)
+
+
+def _terminate(processes: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM each, then SIGKILL whatever is still there after the grace period."""
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    for process in processes:
+        try:
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=STOP_TIMEOUT_S)
 
 
 def free_port() -> int:
@@ -167,13 +197,36 @@ def _wait_ready(node: NodeSpec, process: subprocess.Popen[bytes], log: Path) -> 
     raise ServerStartError(f"{url} did not answer within {node.ready_timeout_s:g} s; see {log}")
 
 
+def _wait_listening(service: ServiceSpec, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise ServerStartError(f"{' '.join(service.argv)} exited with {process.returncode}")
+        try:
+            socket.create_connection((service.host, service.port), timeout=1.0).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise ServerStartError(f"{service.argv[0]} did not listen on {service.port} in time")
+
+
 def start_server(spec: ServerSpec, tag: str) -> RunningServer:
-    """Start every node of `spec`, logging to bench/.logs/<tag>-<n>.log, and wait until ready."""
+    """Start the services of `spec`, then every node, logging to bench/.logs/<tag>-<n>.log, and
+    wait until ready."""
     if spec.prepare is not None:
         spec.prepare()
     LOG_DIR.mkdir(exist_ok=True)
     running = RunningServer(spec, [], [])
     try:
+        for service in spec.services:
+            process = subprocess.Popen(
+                service.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            running.service_processes.append(process)
+            _wait_listening(service, process)
         for index, node in enumerate(spec.nodes):
             log = LOG_DIR / f"{tag}-{index}.log"
             with log.open("wb") as sink:
@@ -194,9 +247,8 @@ def start_server(spec: ServerSpec, tag: str) -> RunningServer:
     return running
 
 
-def bifrost_single(next_port: Callable[[], int], secret: str) -> ServerSpec:
-    """Bifröst as the README runs it: one Sanic process, in-process broker."""
-    port = next_port()
+def _bifrost_node(port: int, secret: str, extra_env: Mapping[str, str]) -> NodeSpec:
+    """One `--single-process` Bifröst, from the tree or from the variant folder if one is set."""
     argv = (
         sys.executable,
         "-m",
@@ -212,13 +264,39 @@ def bifrost_single(next_port: Callable[[], int], secret: str) -> ServerSpec:
         "JWT_SECRET": secret,
         "BIFROST_MAX_CONNECTIONS": str(bifrost_max_connections()),
         "PYTHONUNBUFFERED": "1",
+        **extra_env,
     }
     variant = os.environ.get(VARIANT_ENV)
     if variant:
         # `python -m` puts the working folder first on sys.path: its `bifrost` package wins.
-        node = NodeSpec(argv, port, env, cwd=Path(variant).resolve())
-        return ServerSpec("bifrost", f"Bifröst ({Path(variant).name})", (node,))
-    return ServerSpec("bifrost", "Bifröst", (NodeSpec(argv, port, env),))
+        return NodeSpec(argv, port, env, cwd=Path(variant).resolve())
+    return NodeSpec(argv, port, env)
+
+
+def _bifrost_label(label: str) -> str:
+    variant = os.environ.get(VARIANT_ENV)
+    return f"{label} ({Path(variant).name})" if variant else label
+
+
+def bifrost_single(next_port: Callable[[], int], secret: str) -> ServerSpec:
+    """Bifröst as the README runs it: one Sanic process, in-process broker."""
+    node = _bifrost_node(next_port(), secret, {})
+    return ServerSpec("bifrost", _bifrost_label("Bifröst"), (node,))
+
+
+def bifrost_redis_pair(next_port: Callable[[], int], secret: str) -> ServerSpec:
+    """Two Bifröst nodes sharing a Redis of their own: the smallest cluster, on one machine.
+
+    Half the subscribers and half the broadcasts land on each node, so half the frames cross
+    Redis to reach the other node; Redis's CPU counts as the server's.
+    """
+    redis_port = next_port()
+    argv = ("redis-server", "--port", str(redis_port), "--bind", "127.0.0.1")
+    redis = ServiceSpec((*argv, "--save", "", "--appendonly", "no"), redis_port)
+    env = {"BIFROST_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0"}
+    nodes = (_bifrost_node(next_port(), secret, env), _bifrost_node(next_port(), secret, env))
+    label = _bifrost_label("Bifröst, 2 nodes + Redis")
+    return ServerSpec("bifrost-redis", label, nodes, services=(redis,))
 
 
 def _npm_ci() -> None:
@@ -243,6 +321,7 @@ def node_reference(next_port: Callable[[], int], secret: str) -> ServerSpec:
 
 TOPOLOGIES: dict[str, Topology] = {
     "bifrost": bifrost_single,
+    "bifrost-redis": bifrost_redis_pair,
     "reference": node_reference,
 }
 """Every topology by key; scenarios name the pair they compare (subject, baseline)."""

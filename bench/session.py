@@ -182,7 +182,7 @@ class Session:
         expected = sum(per_channel[c] * subscribers[c] for c in channels)
         await self.swarm.arm(per_channel)
         sent = await broadcast_all(
-            self.server.http_url,
+            self.server.broadcast_urls,
             self.secret,
             per_channel,
             subscribers,
