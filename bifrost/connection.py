@@ -115,17 +115,22 @@ class Subscriber(asyncio.Protocol):
         """
         if self.closed:
             return
-        self.closed = True
+        self._closing()
         if self._ws.state is not State.OPEN:
             return
         self._ws.send_close(close.code, close.reason)
         self._flush()
         socket_closed_by_server(close)
-        asyncio.get_running_loop().call_later(CLOSE_HANDSHAKE_TIMEOUT, self._abort_if_open)
 
-    def _abort_if_open(self) -> None:
-        if not self._transport.is_closing():
-            self._transport.abort()
+    def _closing(self) -> None:
+        """Send nothing more; drop the connection if it is still there when the closing
+        handshake's time is up, whoever began it: a peer that stops reading would otherwise
+        hold it for ever, its last bytes unsent (aborting a connection already gone is a no-op).
+        """
+        if self.closed:
+            return
+        self.closed = True
+        asyncio.get_running_loop().call_later(CLOSE_HANDSHAKE_TIMEOUT, self._transport.abort)
 
     def ping(self, now: float) -> None:
         """Send a protocol ping; its pong, like any frame, counts as hearing from the peer."""
@@ -177,7 +182,7 @@ class Subscriber(asyncio.Protocol):
             if frame.opcode in DATA_OPCODES:
                 self._assemble(frame)
         if ws.state is not State.OPEN:
-            self.closed = True  # the parser closed it: the peer's close, or a protocol error
+            self._closing()  # the parser closed it: the peer's close, or a protocol error
         self._flush()
 
     def _assemble(self, frame: Frame) -> None:
@@ -208,7 +213,7 @@ class Subscriber(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self._ws.receive_eof()
-        self.closed = True
+        self._closing()
         self._flush()
         return False
 

@@ -34,7 +34,8 @@ def authenticate_frame(channels: Sequence[str]) -> bytes:
 
 class RawPeer:
     """Opens a websocket; authenticates when given channels; `pipelined` frames go out in the
-    same write as the handshake request, before the server has answered it."""
+    same write as the handshake request, before the server has answered it. A small
+    `receive_buffer` makes the kernel hold little of what the peer does not read."""
 
     def __init__(
         self,
@@ -42,9 +43,13 @@ class RawPeer:
         channels: Sequence[str] | None = None,
         *,
         pipelined: bytes = b"",
+        receive_buffer: int | None = None,
     ) -> None:
         self.protocol = ClientProtocol(parse_uri(server.ws_url))
-        self.sock = socket.create_connection(("127.0.0.1", server.port))
+        self.sock = socket.socket()
+        if receive_buffer is not None:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        self.sock.connect(("127.0.0.1", server.port))
         self.protocol.send_request(self.protocol.connect())
         handshake = b"".join(self.protocol.data_to_send())
         self.sock.sendall(handshake + pipelined)

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from pathlib import Path
 
-from websockets.frames import Opcode
+import pytest
+from websockets.frames import Close, Opcode
 
-from tests.clients import authenticated, post_broadcast, receive_json
+from bifrost.connection import CLOSE_HANDSHAKE_TIMEOUT
+from tests.clients import authenticated, post_broadcast, receive_json, wait_for_connected
 from tests.live import BifrostServer, broadcast_token
 from tests.raw_peer import RawPeer, authenticate_frame, masked_frame
 
@@ -104,3 +107,30 @@ async def test_flooding_client_is_closed_and_starves_nobody(server: BifrostServe
         assert rss_growth < FLOOD_RSS_GROWTH_LIMIT
     finally:
         flooder.close()
+
+
+@pytest.mark.parametrize("ending", ["close frame", "half-close"])
+async def test_peer_that_stops_reading_then_leaves_is_dropped(start_server, ending: str):
+    """A subscriber that stops reading is closed as a slow consumer; when it then answers the
+    close or half-closes, with the server's last bytes still unsent, the server drops it
+    within the closing handshake's time instead of waiting for it to read them."""
+    live = start_server({"BIFROST_MAX_PENDING_BYTES": "200000"})
+    peer = await asyncio.to_thread(RawPeer, live, ["stalled"], receive_buffer=2048)
+    try:
+        await asyncio.to_thread(peer.texts_received, 1)
+        message = {"event": "big", "data": "x" * 30_000}
+        token = broadcast_token(message, channel="stalled")
+        for _ in range(100):
+            if (await post_broadcast(live, token)).json()["deliveries"] == 0:
+                break  # closed as a slow consumer
+        else:
+            raise AssertionError("the stalled subscriber was never closed")
+        if ending == "close frame":
+            await asyncio.to_thread(
+                peer.send, masked_frame(Close(1000, "").serialize(), Opcode.CLOSE)
+            )
+        else:
+            peer.sock.shutdown(socket.SHUT_WR)
+        await wait_for_connected(live, 0, timeout=CLOSE_HANDSHAKE_TIMEOUT + 2)
+    finally:
+        peer.close()
