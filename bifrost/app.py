@@ -166,6 +166,7 @@ async def close_service(app: Sanic) -> None:
                 await asyncio.sleep(CLOSE_POLL_INTERVAL)
     except TimeoutError:
         logger.warning("stopping: %d sockets still open", service.registry.connected)
+    await app.ctx.subscriptions.settle()
     await app.ctx.reaper
     await service.broker.stop()
 

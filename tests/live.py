@@ -137,5 +137,12 @@ class BifrostServer:
     def assert_log_clean(self) -> None:
         """No unhandled exception reached the log."""
         log = self.log()
-        for marker in ("Traceback", "Exception occurred", "Unexpected exception"):
+        markers = (
+            "Traceback",
+            "Exception occurred",
+            "Unexpected exception",
+            "exception was never retrieved",
+            "broker call failed",
+        )
+        for marker in markers:
             assert marker not in log, f"{marker!r} in the server log:\n{log}"

@@ -14,6 +14,8 @@ from typing import Any
 import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
+from websockets.frames import Close, Opcode
 
 from bifrost.redis_broker import (
     HEARTBEAT_INTERVAL,
@@ -25,6 +27,7 @@ from bifrost.redis_broker import (
 )
 from tests.clients import authenticated, receive_json
 from tests.live import BifrostServer, broadcast_token
+from tests.raw_peer import RawPeer, authenticate_frame, masked_frame
 from tests.redis_server import RedisServer
 
 # How long figures may take to reach another node: one heartbeat, and some slack.
@@ -158,6 +161,29 @@ async def test_nodes_subscribe_in_redis_only_to_channels_they_hear(
     await eventually(lambda: subscribers() == 0, 2, "unsubscribed after the last socket")
 
 
+async def test_socket_leaving_while_its_channels_subscribe_leaves_none_behind(
+    node: Node, redis_server: RedisServer
+):
+    """A socket that authenticates to several channels and leaves in the same breath: once it
+    is gone, the node holds no subscription in Redis for any of them."""
+    a = node()
+    client = redis_server.client()
+    channels = [f"fleeting:{n}" for n in range(5)]
+    leave = masked_frame(Close(1000, "").serialize(), Opcode.CLOSE)
+    for _ in range(3):
+        peer = await asyncio.to_thread(RawPeer, a)
+        await asyncio.to_thread(peer.send, authenticate_frame(channels) + leave)
+        await eventually(lambda: a.stats()["connected"] == 0, 3, "the socket is gone")
+        peer.close()
+
+    def held() -> list[bytes]:
+        return client.pubsub_channels("bifrost:channel:fleeting:*")
+
+    await eventually(lambda: not held(), 3, "no channel of the departed socket left in Redis")
+    await asyncio.sleep(0.5)
+    assert held() == []
+
+
 async def test_prefix_separates_deployments(node: Node):
     """Two deployments with different BIFROST_REDIS_PREFIX share a Redis without crosstalk."""
     blue, green = await started(
@@ -215,6 +241,21 @@ async def test_killed_node_stops_counting(node: Node):
     token = broadcast_token({"event": "anyone"}, channel="doomed")
     assert (await post(a, token)).json()["deliveries"] == 0
     await close_all(sockets)
+
+
+@pytest.mark.parametrize("args", [("--single-process",), ("--workers", "2")])
+async def test_stopping_node_closes_sockets_and_gives_up_channels_cleanly(node: Node, args):
+    """SIGTERM with many sockets on channels of their own: each hears 1012, the node lets go of
+    its Redis subscriptions before its broker, exits 0, and logs no error (checked on stop)."""
+    a = node(args=args)
+    sockets = [await authenticated(a, [f"own:{n}", "shared"]) for n in range(60)]
+    assert a.process is not None
+    a.process.send_signal(signal.SIGTERM)
+    for ws in sockets:
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), 10)
+        assert ws.close_code == 1012
+    assert await asyncio.to_thread(a.process.wait, 15) == 0
 
 
 async def test_silent_node_delays_a_broadcast_by_the_reply_bound_only(node: Node):

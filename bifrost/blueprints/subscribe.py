@@ -145,9 +145,18 @@ class Subscriptions:
     async def _occupy_then_confirm(
         self, subscriber: Subscriber, occupied: list[str], channels: list[str]
     ) -> None:
-        """Say `subscribed` only once the broker carries the channels' broadcasts here."""
+        """Say `subscribed` only once the broker carries the channels' broadcasts here.
+
+        The socket may leave while this waits, and its channels be vacated meanwhile: a
+        channel nobody here hears any more is not subscribed, or is given up again.
+        """
+        registry, broker = self._service.registry, self._service.broker
         for channel in occupied:
-            await self._service.broker.channel_occupied(channel)
+            if not registry.is_occupied(channel):
+                continue
+            await broker.channel_occupied(channel)
+            if not registry.is_occupied(channel):
+                await broker.channel_vacated(channel)
         _confirm(subscriber, channels)
 
     async def _vacate(self, channels: list[str]) -> None:
@@ -157,7 +166,16 @@ class Subscriptions:
     def _run(self, call: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(call)
         self._in_flight.add(task)
-        task.add_done_callback(self._in_flight.discard)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("broker call failed", exc_info=task.exception())
+
+    async def settle(self) -> None:
+        """Wait for the broker calls in flight, before the broker is stopped under them."""
+        await asyncio.gather(*self._in_flight, return_exceptions=True)
 
 
 def _confirm(subscriber: Subscriber, channels: list[str]) -> None:
