@@ -24,6 +24,9 @@ __all__ = ["SocketFactory", "upgrade"]
 
 SocketFactory = Callable[[asyncio.Transport, ServerProtocol], asyncio.Protocol]
 
+# The headers of a refused handshake that tell the client how to retry.
+ANSWER_HEADERS = frozenset({"upgrade", "sec-websocket-version"})
+
 
 def upgrade(request: Request, serve: SocketFactory, max_frame_bytes: int) -> HTTPResponse | None:
     """Switch the request's connection to a websocket served by `serve(transport, parser)`.
@@ -31,12 +34,17 @@ def upgrade(request: Request, serve: SocketFactory, max_frame_bytes: int) -> HTT
     Returns the JSON error to answer when the request is no valid websocket upgrade, or None
     once the 101 is written and the connection belongs to the new protocol.
     """
+    if request.headers.get("content-length", "0") != "0" or "transfer-encoding" in request.headers:
+        # Its body would be read as frames, or Sanic would try to read it after the hand-over.
+        return json({"error": "A websocket upgrade request has no body"}, status=400)
     # Made open: Sanic has read the request already, so the parser starts at the first frame.
     ws = ServerProtocol(max_size=max_frame_bytes, state=State.OPEN)
     answer = ws.accept(UpgradeRequest(path=request.path, headers=Headers(request.headers)))
     if answer.status_code != 101:
         reason = answer.body.decode(errors="replace").strip() or answer.reason_phrase
-        return json({"error": reason}, status=answer.status_code)
+        # `Upgrade: websocket` with a 426, the versions spoken with a bad version: RFC 6455.
+        said = {k: v for k, v in answer.headers.raw_items() if k.lower() in ANSWER_HEADERS}
+        return json({"error": reason}, status=answer.status_code, headers=said)
     transport: asyncio.Transport = request.transport  # type: ignore[assignment]
     http = transport.get_protocol()
     assert isinstance(http, HttpProtocol), "served by Sanic's HTTP/1.1 protocol"

@@ -67,7 +67,10 @@ def test_unknown_routes_and_methods_answer_json(app: Sanic):
     assert "error" in missing.json and "error" in wrong_method.json
 
 
-def test_subscribe_over_plain_http_is_refused_without_5xx(app: Sanic):
-    """A plain GET of `/subscribe`, without an upgrade, gets a 4xx, not a server error."""
+def test_subscribe_over_plain_http_is_told_to_upgrade(app: Sanic):
+    """A plain GET of `/subscribe` gets 426 Upgrade Required with `Upgrade: websocket` and a
+    JSON error saying what is missing."""
     _, response = app.test_client.get("/subscribe")
-    assert 400 <= response.status < 500
+    assert response.status == 426
+    assert response.headers["upgrade"] == "websocket"
+    assert "Connection" in response.json["error"]

@@ -41,6 +41,24 @@ async def test_frames_pipelined_behind_the_handshake_are_served(server: BifrostS
         peer.close()
 
 
+async def test_upgrade_request_with_a_body_is_refused_400(server: BifrostServer):
+    """An upgrade request that announces a body is refused, and the socket not taken over."""
+    request = (
+        "GET /subscribe HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\n"
+        "Upgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        "Sec-WebSocket-Version: 13\r\nContent-Length: 5\r\n\r\nhello"
+    )
+
+    def exchange() -> bytes:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+            sock.sendall(request.encode())
+            return sock.recv(65536)
+
+    answer = await asyncio.to_thread(exchange)
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    assert answer.endswith(b'{"error":"A websocket upgrade request has no body"}')
+
+
 async def test_fragmented_message_is_joined(server: BifrostServer):
     """A message split over a text frame and continuation frames is read as one."""
     peer = await asyncio.to_thread(RawPeer, server)
