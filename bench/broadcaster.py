@@ -53,6 +53,11 @@ def spread(broadcasts: int, channels: list[str]) -> dict[str, int]:
     }
 
 
+def _client(url: str) -> KeepAliveClient:
+    parts = urlsplit(url)
+    return KeepAliveClient(parts.hostname or "127.0.0.1", parts.port or 80)
+
+
 async def broadcast_all(
     http_urls: Sequence[str],
     secret: str,
@@ -72,7 +77,9 @@ async def broadcast_all(
     i / rate seconds after the first (open loop, unless the server falls behind the schedule),
     so latency is measured below saturation. With `exact_deliveries` False, sockets other than
     the checked subscribers may share the channels: deliveries must then be at least theirs.
-    The keep-alive connections go to `http_urls` in turn, as a load balancer would spread them.
+    POST i goes to `http_urls[i % len(http_urls)]`, as a round-robin load balancer in front of
+    several nodes would send it: spreading connections instead would not spread POSTs, since
+    with one channel (one POST in flight) the sender that got the first keeps every later one.
     """
     padding = "x" * padding_bytes
     ready: deque[str] = deque(c for c, n in per_channel.items() if n > 0)
@@ -80,13 +87,12 @@ async def broadcast_all(
     remaining = sum(per_channel.values())
     wake = asyncio.Event()
     outcome = BroadcastOutcome()
-    issued = 0
+    taken = 0  # POSTs taken so far: POST i goes to node i mod n, and not before i / rate
     start_s = time.monotonic()
 
-    async def sender(http_url: str) -> None:
-        nonlocal remaining, issued
-        parts = urlsplit(http_url)
-        client = KeepAliveClient(parts.hostname or "127.0.0.1", parts.port or 80)
+    async def sender() -> None:
+        nonlocal remaining, taken
+        clients = [_client(url) for url in http_urls]
         try:
             while remaining > 0:
                 if not ready:
@@ -95,9 +101,10 @@ async def broadcast_all(
                     continue
                 channel = ready.popleft()
                 seq = sent[channel]
+                index, taken = taken, taken + 1
+                client = clients[index % len(clients)]
                 if rate > 0:
-                    due_s = start_s + issued / rate
-                    issued += 1
+                    due_s = start_s + index / rate
                     delay_s = due_s - time.monotonic()
                     if delay_s > 0:
                         await asyncio.sleep(delay_s)
@@ -139,11 +146,10 @@ async def broadcast_all(
                 wake.set()
         finally:
             wake.set()
-            await client.close()
+            for client in clients:
+                await client.close()
 
     cpu0, wall0 = time.process_time(), time.monotonic()
-    await asyncio.gather(
-        *(sender(http_urls[i % len(http_urls)]) for i in range(max(1, connections)))
-    )
+    await asyncio.gather(*(sender() for _ in range(max(1, connections))))
     outcome.cpu_s, outcome.wall_s = time.process_time() - cpu0, time.monotonic() - wall0
     return outcome

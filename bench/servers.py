@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import resource
+import shutil
 import signal
 import socket
 import subprocess
@@ -45,6 +46,7 @@ REFERENCE_DIR = BENCH_DIR / "reference"
 LOG_DIR = BENCH_DIR / ".logs"
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0
+REDIS_SERVER = "redis-server"
 VARIANT_ENV = "BENCH_BIFROST_SRC"
 """A folder holding a modified copy of the `bifrost` package to measure instead of the tree's:
 how a proposed change to the service is measured without touching the service."""
@@ -130,7 +132,8 @@ class RunningServer:
 
     @property
     def http_url(self) -> str:
-        """Where broadcasts and /info.json go: stats are totals over all nodes by contract."""
+        """Where /info.json is read: one node's figures are totals over all nodes by contract,
+        so summing every node's would count each socket and frame once per node."""
         return self.spec.nodes[0].base_url
 
     @property
@@ -284,6 +287,12 @@ def bifrost_single(next_port: Callable[[], int], secret: str) -> ServerSpec:
     return ServerSpec("bifrost", _bifrost_label("Bifröst"), (node,))
 
 
+def _need_redis_server() -> None:
+    """Fail with the reason, rather than Popen's bare FileNotFoundError, if Redis is missing."""
+    if shutil.which(REDIS_SERVER) is None:
+        raise ServerStartError(f"{REDIS_SERVER} is not on the PATH (apt-get install redis-server)")
+
+
 def bifrost_redis_pair(next_port: Callable[[], int], secret: str) -> ServerSpec:
     """Two Bifröst nodes sharing a Redis of their own: the smallest cluster, on one machine.
 
@@ -291,12 +300,12 @@ def bifrost_redis_pair(next_port: Callable[[], int], secret: str) -> ServerSpec:
     Redis to reach the other node; Redis's CPU counts as the server's.
     """
     redis_port = next_port()
-    argv = ("redis-server", "--port", str(redis_port), "--bind", "127.0.0.1")
+    argv = (REDIS_SERVER, "--port", str(redis_port), "--bind", "127.0.0.1")
     redis = ServiceSpec((*argv, "--save", "", "--appendonly", "no"), redis_port)
     env = {"BIFROST_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0"}
     nodes = (_bifrost_node(next_port(), secret, env), _bifrost_node(next_port(), secret, env))
     label = _bifrost_label("Bifröst, 2 nodes + Redis")
-    return ServerSpec("bifrost-redis", label, nodes, services=(redis,))
+    return ServerSpec("bifrost-redis", label, nodes, prepare=_need_redis_server, services=(redis,))
 
 
 def _npm_ci() -> None:
