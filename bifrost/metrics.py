@@ -112,7 +112,7 @@ SOCKETS_CLOSED = Counter(
 )
 HANDSHAKES_REFUSED = Counter(
     "bifrost_handshakes_refused",
-    "Websocket handshakes refused before upgrading, by reason (origin, full).",
+    "Websocket handshakes refused before upgrading, by reason (origin, full, stopping).",
     ["reason"],
 )
 

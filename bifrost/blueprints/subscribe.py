@@ -59,6 +59,7 @@ async def admit_handshake(request: Request) -> HTTPResponse | None:
         return json({"error": "Origin not allowed"}, status=403)
     if service.stopping.is_set():
         # Its sockets are being closed with 1012: the client must go to a live instance.
+        metrics.handshake_refused("stopping")
         return json({"error": "Shutting down, try another instance"}, status=503)
     if service.registry.connected >= settings.max_connections:
         logger.warning("refused handshake: %d connections open", settings.max_connections)
