@@ -14,7 +14,6 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
 from bench.keepalive import HttpError, KeepAliveClient
 from bench.plan import BENCH_EVENT
@@ -53,11 +52,6 @@ def spread(broadcasts: int, channels: list[str]) -> dict[str, int]:
     }
 
 
-def _client(url: str) -> KeepAliveClient:
-    parts = urlsplit(url)
-    return KeepAliveClient(parts.hostname or "127.0.0.1", parts.port or 80)
-
-
 async def broadcast_all(
     http_urls: Sequence[str],
     secret: str,
@@ -92,7 +86,7 @@ async def broadcast_all(
 
     async def sender() -> None:
         nonlocal remaining, taken
-        clients = [_client(url) for url in http_urls]
+        clients = [KeepAliveClient.for_url(url) for url in http_urls]
         try:
             while remaining > 0:
                 if not ready:

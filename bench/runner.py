@@ -12,7 +12,6 @@ from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 from bench.broadcaster import broadcast_all, spread
 from bench.keepalive import KeepAliveClient
@@ -95,8 +94,7 @@ async def _warm_up(server: RunningServer, secret: str) -> None:
 
     token = broadcast_token(secret, "bench:warm-up", {"event": "warm-up", "data": None})
     for url in server.broadcast_urls:
-        parts = urlsplit(url)
-        http = KeepAliveClient(parts.hostname or "127.0.0.1", parts.port or 80)
+        http = KeepAliveClient.for_url(url)
         try:
             status, body = await http.post_json("/broadcast", {"token": token})
         finally:
@@ -246,8 +244,7 @@ async def run_once(
     result = RunResult(scenario.key, spec.key)
     server = start_server(spec, tag)
     swarm: Swarm | None = None
-    parts = urlsplit(server.http_url)
-    http = KeepAliveClient(parts.hostname or "127.0.0.1", parts.port or 80)
+    http = KeepAliveClient.for_url(server.http_url)
     try:
         await _warm_up(server, secret)
         stats0 = await _stats(http)

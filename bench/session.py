@@ -103,8 +103,7 @@ class Session:
         build = TOPOLOGIES[topology] if isinstance(topology, str) else topology
         spec = with_env(build(free_port, secret), env or {})
         server = start_server(spec, tag)
-        parts = urlsplit(server.http_url)
-        http = KeepAliveClient(parts.hostname or "127.0.0.1", parts.port or 80)
+        http = KeepAliveClient.for_url(server.http_url)
         layout = Layout(tuple(server.subscribe_urls), channels)
         swarm = Swarm.start(generators, secret, layout)
         return cls(server, secret, swarm, http)

@@ -19,12 +19,17 @@ from websockets.uri import parse_uri
 
 from tests.live import BifrostServer, subscribe_token
 
-__all__ = ["RawPeer", "masked_frame"]
+__all__ = ["RawPeer", "authenticate_frame", "close_frame", "masked_frame"]
 
 
 def masked_frame(payload: bytes, opcode: Opcode = Opcode.TEXT, *, fin: bool = True) -> bytes:
     """The bytes of one client frame, masked as a client must."""
     return Frame(opcode, payload, fin=fin).serialize(mask=True, extensions=[])
+
+
+def close_frame(code: int = 1000, reason: str = "") -> bytes:
+    """A client's close frame, as a peer leaving cleanly sends it."""
+    return masked_frame(Close(code, reason).serialize(), Opcode.CLOSE)
 
 
 def authenticate_frame(channels: Sequence[str]) -> bytes:

@@ -15,7 +15,6 @@ import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
-from websockets.frames import Close, Opcode
 
 from bifrost.redis_broker import (
     HEARTBEAT_INTERVAL,
@@ -27,7 +26,7 @@ from bifrost.redis_broker import (
 )
 from tests.clients import authenticated, receive_json
 from tests.live import BifrostServer, broadcast_token
-from tests.raw_peer import RawPeer, authenticate_frame, masked_frame
+from tests.raw_peer import RawPeer, authenticate_frame, close_frame
 from tests.redis_server import RedisServer
 
 # How long figures may take to reach another node: one heartbeat, and some slack.
@@ -169,7 +168,7 @@ async def test_socket_leaving_while_its_channels_subscribe_leaves_none_behind(
     a = node()
     client = redis_server.client()
     channels = [f"fleeting:{n}" for n in range(5)]
-    leave = masked_frame(Close(1000, "").serialize(), Opcode.CLOSE)
+    leave = close_frame()
     for _ in range(3):
         peer = await asyncio.to_thread(RawPeer, a)
         await asyncio.to_thread(peer.send, authenticate_frame(channels) + leave)

@@ -9,12 +9,12 @@ import socket
 from pathlib import Path
 
 import pytest
-from websockets.frames import Close, Opcode
+from websockets.frames import Opcode
 
 from bifrost.connection import CLOSE_HANDSHAKE_TIMEOUT
 from tests.clients import authenticated, post_broadcast, receive_json, wait_for_connected
 from tests.live import BifrostServer, broadcast_token
-from tests.raw_peer import RawPeer, authenticate_frame, masked_frame
+from tests.raw_peer import RawPeer, authenticate_frame, close_frame, masked_frame
 
 PING = masked_frame(b'{"event":"ping"}')
 PONG = '{"event":"pong"}'
@@ -144,9 +144,7 @@ async def test_peer_that_stops_reading_then_leaves_is_dropped(start_server, endi
         else:
             raise AssertionError("the stalled subscriber was never closed")
         if ending == "close frame":
-            await asyncio.to_thread(
-                peer.send, masked_frame(Close(1000, "").serialize(), Opcode.CLOSE)
-            )
+            await asyncio.to_thread(peer.send, close_frame())
         else:
             peer.sock.shutdown(socket.SHUT_WR)
         await wait_for_connected(live, 0, timeout=CLOSE_HANDSHAKE_TIMEOUT + 2)
