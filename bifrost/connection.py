@@ -8,8 +8,9 @@ queue without bound before any rate limit could see them. Here a socket is one o
 against the socket's budget the moment it is parsed, and replies written synchronously.
 
 Frames go out whole with one synchronous `transport.write`, which cannot interleave with
-another frame, and a socket whose unsent bytes pass the bound is closed instead of buffering
-without end.
+another frame. The transport's high-water mark is the slow-consumer bound: the write that
+takes a socket's unsent bytes over it makes the transport call `pause_writing`, which closes
+the socket instead of buffering without end, so the fan-out checks nothing per socket.
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ class SocketEvents(Protocol):
     def message_received(self, subscriber: Subscriber, message: str | bytes) -> None:
         """A whole message arrived: text as `str`, binary as `bytes`."""
 
+    def closing(self, subscriber: Subscriber) -> None:
+        """The socket starts closing: it must hear no more broadcasts."""
+
     def disconnected(self, subscriber: Subscriber) -> None:
         """The connection is gone; forget the subscriber."""
 
@@ -56,7 +60,6 @@ class Subscriber(asyncio.Protocol):
 
     __slots__ = (
         "_events",
-        "_max_pending",
         "_partial",
         "_transport",
         "_ws",
@@ -64,6 +67,7 @@ class Subscriber(asyncio.Protocol):
         "channels",
         "closed",
         "liveness",
+        "write",
     )
 
     def __init__(
@@ -79,7 +83,9 @@ class Subscriber(asyncio.Protocol):
         self._transport = transport
         self._ws = ws
         self._events = events
-        self._max_pending = max_pending_bytes
+        # The registry's fan-out calls this for every broadcast: one bound method, made once.
+        self.write = transport.write
+        transport.set_write_buffer_limits(high=max_pending_bytes)
         self._partial: tuple[Opcode, list[bytes]] | None = None
         self.channels: set[str] = set()
         self.liveness = Liveness(connected_at=now, last_heard=now)
@@ -94,17 +100,17 @@ class Subscriber(asyncio.Protocol):
 
     # Writing
 
-    def send(self, frame: bytes) -> bool:
-        """Write a ready frame; close the socket instead when its backlog is over the bound."""
-        if self.closed or self._transport.is_closing():
-            return False
+    def send(self, frame: bytes) -> None:
+        """Write a ready frame, unless the socket is closing."""
+        if not self.closed:
+            self.write(frame)
+
+    def pause_writing(self) -> None:
+        """The transport's unsent bytes passed the bound: a client that reads this slowly is
+        closed rather than buffered for without end."""
         pending = self._transport.get_write_buffer_size()
-        if pending + len(frame) > self._max_pending:
-            logger.info("closing slow consumer: %d bytes unsent", pending)
-            self.close(SLOW_CONSUMER)
-            return False
-        self._transport.write(frame)
-        return True
+        logger.info("closing slow consumer of %s: %d bytes unsent", self.peer, pending)
+        self.close(SLOW_CONSUMER)
 
     def close(self, close: Close) -> None:
         """Start the closing handshake now; abort the connection if the peer never answers.
@@ -130,11 +136,12 @@ class Subscriber(asyncio.Protocol):
         if self.closed:
             return
         self.closed = True
+        self._events.closing(self)
         asyncio.get_running_loop().call_later(CLOSE_HANDSHAKE_TIMEOUT, self._transport.abort)
 
     def ping(self, now: float) -> None:
         """Send a protocol ping; its pong, like any frame, counts as hearing from the peer."""
-        if self.closed or self._transport.is_closing():
+        if self.closed:
             return
         self._ws.send_ping(secrets.token_bytes(4))
         self._flush()

@@ -11,14 +11,11 @@ from bifrost.registry import ChannelRegistry
 class FakeSocket:
     """A listener that records the frames handed to it."""
 
-    accepts: bool = True
     channels: set[str] = field(default_factory=set)
     received: list[bytes] = field(default_factory=list)
 
-    def send(self, frame: bytes) -> bool:
-        if self.accepts:
-            self.received.append(frame)
-        return self.accepts
+    def write(self, frame: bytes) -> None:
+        self.received.append(frame)
 
 
 def test_first_subscriber_occupies_and_last_vacates():
@@ -36,14 +33,51 @@ def test_first_subscriber_occupies_and_last_vacates():
 
 
 def test_deliver_once_per_socket_and_count():
-    """A frame for several channels reaches each socket once; only accepted frames count."""
+    """A frame for several channels reaches each socket once, and each is counted."""
     registry: ChannelRegistry[FakeSocket] = ChannelRegistry()
-    both, only_y, refusing = FakeSocket(), FakeSocket(), FakeSocket(accepts=False)
-    for sock, channels in ((both, ["x", "y"]), (only_y, ["y"]), (refusing, ["x"])):
+    both, only_y, only_x = FakeSocket(), FakeSocket(), FakeSocket()
+    for sock, channels in ((both, ["x", "y"]), (only_y, ["y"]), (only_x, ["x"])):
         registry.connect(sock)
         registry.subscribe(sock, channels)
-    assert registry.deliver(["x", "y"], b"f") == 2
-    assert both.received == [b"f"] and only_y.received == [b"f"]
+    assert registry.deliver(["x", "y"], b"f") == 3
+    assert both.received == only_y.received == only_x.received == [b"f"]
     assert registry.deliver(["y"], b"g") == 2
-    assert registry.deliveries == 4
+    assert registry.deliver(["nobody"], b"h") == 0
+    assert registry.deliveries == 5
     assert registry.subscription_count == 4
+
+
+def test_withdrawn_socket_hears_nothing_but_still_counts_as_connected():
+    """A closing socket leaves its channels at once and stays connected until it is gone."""
+    registry: ChannelRegistry[FakeSocket] = ChannelRegistry()
+    staying, closing = FakeSocket(), FakeSocket()
+    for sock in (staying, closing):
+        registry.connect(sock)
+    registry.subscribe(staying, ["x"])
+    registry.subscribe(closing, ["x", "y"])
+    assert registry.withdraw(closing) == ["y"]
+    assert registry.deliver(["x", "y"], b"f") == 1
+    assert closing.received == [] and staying.received == [b"f"]
+    assert registry.connected == 2
+    assert registry.disconnect(closing) == []
+    assert registry.connected == 1
+
+
+def test_a_socket_leaving_during_the_fan_out_does_not_stop_it():
+    """A write may close its socket, which leaves its channels in the middle of the loop."""
+    registry: ChannelRegistry[FakeSocket] = ChannelRegistry()
+    sockets = [FakeSocket() for _ in range(10)]
+    leaving = sockets[3]
+
+    def write_then_leave(frame: bytes) -> None:
+        leaving.received.append(frame)
+        registry.withdraw(leaving)
+
+    leaving.write = write_then_leave  # type: ignore[method-assign]
+    for sock in sockets:
+        registry.connect(sock)
+        registry.subscribe(sock, ["x"])
+    assert registry.deliver(["x"], b"f") == 10
+    assert all(sock.received == [b"f"] for sock in sockets)
+    assert registry.deliver(["x"], b"g") == 9
+    assert leaving.received == [b"f"]

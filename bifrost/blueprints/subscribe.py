@@ -121,9 +121,16 @@ class Subscriptions:
                 logger.info("closing socket of %s: %s", subscriber.peer, close.reason)
                 subscriber.close(close)
 
+    def closing(self, subscriber: Subscriber) -> None:
+        """Take the socket out of its channels; it counts as connected until it is gone."""
+        self._left(self._service.registry.withdraw(subscriber))
+
     def disconnected(self, subscriber: Subscriber) -> None:
-        """Forget the socket; tell the broker of channels nobody here hears any more."""
-        vacated = self._service.registry.disconnect(subscriber)
+        """Forget the socket."""
+        self._left(self._service.registry.disconnect(subscriber))
+
+    def _left(self, vacated: list[str]) -> None:
+        """Tell the broker of channels nobody here hears any more."""
         if vacated and self._service.broker.follows_channels:
             self._run(self._vacate(vacated))
 
