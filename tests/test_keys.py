@@ -99,6 +99,29 @@ def test_hmac_over_the_public_key_text_is_rejected(confused):
             verifier.subscribe_channels(forged)
 
 
+def test_secret_and_public_key_each_verify_their_own_family():
+    """With both configured, HMAC tokens verify with the secret and RS256 ones with the key;
+    a foreign key is a bad signature, an algorithm outside the list is refused as such."""
+    private_key = PRIVATE_KEYS["RS256"]()
+    verifier = verifier_for(
+        {
+            "BIFROST_JWT_PUBLIC_KEY": public_pem(private_key),
+            "JWT_SECRET": SECRET,
+            "BIFROST_JWT_ALGORITHMS": "HS512,RS256",
+        }
+    )
+    assert verifier.subscribe_channels(jwt.encode({"channels": ["h"]}, SECRET, "HS512")) == ["h"]
+    assert verifier.subscribe_channels(jwt.encode({"channels": ["r"]}, private_key, "RS256")) == [
+        "r"
+    ]
+    foreign = jwt.encode({"channels": ["r"]}, PRIVATE_KEYS["RS256"](), "RS256")
+    with pytest.raises(TokenRejected, match=f"^{BAD_SIGNATURE}$"):
+        verifier.subscribe_channels(foreign)
+    elliptic = jwt.encode({"channels": ["e"]}, PRIVATE_KEYS["ES256"](), "ES256")
+    with pytest.raises(TokenRejected, match="algorithm is not allowed"):
+        verifier.subscribe_channels(elliptic)
+
+
 def test_previous_secret_is_accepted_while_rotating():
     """Tokens signed with JWT_SECRET_PREVIOUS verify too, and their claims are still checked."""
     previous = "p" * 64
