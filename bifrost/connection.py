@@ -60,6 +60,7 @@ class Subscriber(asyncio.Protocol):
 
     __slots__ = (
         "_events",
+        "_max_pending",
         "_partial",
         "_transport",
         "_ws",
@@ -85,7 +86,7 @@ class Subscriber(asyncio.Protocol):
         self._events = events
         # The registry's fan-out calls this for every broadcast: one bound method, made once.
         self.write = transport.write
-        transport.set_write_buffer_limits(high=max_pending_bytes)
+        self._max_pending = max_pending_bytes
         self._partial: tuple[Opcode, list[bytes]] | None = None
         self.channels: set[str] = set()
         self.liveness = Liveness(connected_at=now, last_heard=now)
@@ -97,6 +98,10 @@ class Subscriber(asyncio.Protocol):
         """The client's IP address, for the log."""
         peername = self._transport.get_extra_info("peername")
         return str(peername[0]) if peername else "unknown"
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """The transport is ours now: its high-water mark becomes the slow-consumer bound."""
+        self._transport.set_write_buffer_limits(high=self._max_pending)
 
     # Writing
 
@@ -150,8 +155,11 @@ class Subscriber(asyncio.Protocol):
     def _flush(self) -> None:
         """Write what the parser has to say (pongs, close frames); an empty chunk ends the TCP
         connection, which the server closes first once the closing handshake is done."""
+        closed_before = self.closed
         for data in self._ws.data_to_send():
-            if self._transport.is_closing():
+            if self._transport.is_closing() or self.closed != closed_before:
+                # A write here went over the bound and closed the socket, close frame and all:
+                # nothing said before that may follow it.
                 return
             if data:
                 self._transport.write(data)

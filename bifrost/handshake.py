@@ -37,6 +37,12 @@ def upgrade(request: Request, serve: SocketFactory, max_frame_bytes: int) -> HTT
     if request.headers.get("content-length", "0") != "0" or "transfer-encoding" in request.headers:
         # Its body would be read as frames, or Sanic would try to read it after the hand-over.
         return json({"error": "A websocket upgrade request has no body"}, status=400)
+    transport: asyncio.Transport = request.transport  # type: ignore[assignment]
+    if transport.get_write_buffer_size():
+        # Earlier answers on this connection are still unsent: a client that pipelined
+        # requests and never read them. Taken over now, the socket would start with Sanic's
+        # paused writing, and its slow-consumer bound would never fire.
+        return json({"error": "A websocket upgrade must not follow unread answers"}, status=400)
     # Made open: Sanic has read the request already, so the parser starts at the first frame.
     ws = ServerProtocol(max_size=max_frame_bytes, state=State.OPEN)
     answer = ws.accept(UpgradeRequest(path=request.path, headers=Headers(request.headers)))
@@ -45,7 +51,6 @@ def upgrade(request: Request, serve: SocketFactory, max_frame_bytes: int) -> HTT
         # `Upgrade: websocket` with a 426, the versions spoken with a bad version: RFC 6455.
         said = {k: v for k, v in answer.headers.raw_items() if k.lower() in ANSWER_HEADERS}
         return json({"error": reason}, status=answer.status_code, headers=said)
-    transport: asyncio.Transport = request.transport  # type: ignore[assignment]
     http = transport.get_protocol()
     assert isinstance(http, HttpProtocol), "served by Sanic's HTTP/1.1 protocol"
     unread = bytes(http.recv_buffer)
@@ -53,6 +58,7 @@ def upgrade(request: Request, serve: SocketFactory, max_frame_bytes: int) -> HTT
     transport.write(answer.serialize())
     protocol = serve(transport, ws)
     transport.set_protocol(protocol)
+    protocol.connection_made(transport)
     transport.resume_reading()
     if unread:
         protocol.data_received(unread)
