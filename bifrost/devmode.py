@@ -1,4 +1,9 @@
-"""The first minute of a new user: in development, a ready token and a command that broadcasts."""
+"""The first minutes of a new user: in development, a ready token, a command that broadcasts,
+and where the status page and the playground are.
+
+Development tokens are signed here with `JWT_SECRET` (or the throwaway one), so the algorithm
+that signs them is chosen here once, for the banner and the playground alike.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +11,39 @@ import time
 
 import jwt
 
+from bifrost.keys import HMAC_ALGORITHMS
 from bifrost.settings import Settings
 
-__all__ = ["first_steps"]
+__all__ = ["DEMO_CHANNEL", "NoSigningAlgorithm", "first_steps", "pages_line", "signing_algorithm"]
 
 DEMO_CHANNEL = "global"
 
 
+class NoSigningAlgorithm(Exception):
+    """The server accepts no token that its own secret can sign; the text says what to set."""
+
+
+def signing_algorithm(settings: Settings) -> str:
+    """The first accepted HMAC algorithm: development tokens are signed with the secret, never
+    with an algorithm that needs a private key the server does not have."""
+    if settings.jwt_secret:
+        for algorithm in settings.jwt_algorithms:
+            if algorithm in HMAC_ALGORITHMS:
+                return algorithm
+    raise NoSigningAlgorithm(
+        "this server accepts no HMAC-signed token (no JWT_SECRET), so it cannot sign one: "
+        "add HS512 to BIFROST_JWT_ALGORITHMS and set JWT_SECRET"
+    )
+
+
+def pages_line(base_url: str) -> str:
+    """Where a developer watches the server and tries a broadcast from a form."""
+    return f"Status page: {base_url}/   Playground: {base_url}/test"
+
+
 def first_steps(settings: Settings, base_url: str) -> str:
     """Log text showing how to subscribe and broadcast against this development server."""
-    algorithm = settings.jwt_algorithms[0]
+    algorithm = signing_algorithm(settings)
     subscribe = jwt.encode({"channels": [DEMO_CHANNEL]}, settings.jwt_secret, algorithm)
     broadcast = jwt.encode(
         {
@@ -36,5 +64,6 @@ def first_steps(settings: Settings, base_url: str) -> str:
             f"   then send: {auth}",
             "2. Broadcast to it (valid 24 h):",
             f'   curl -s -X POST {base_url}/broadcast -d \'{{"token":"{broadcast}"}}\'',
+            f"3. {pages_line(base_url)}",
         ]
     )

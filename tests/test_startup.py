@@ -11,6 +11,8 @@ import sys
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from websockets.asyncio.client import connect
 
 from tests.live import SECRET, BifrostServer, free_port
@@ -73,10 +75,25 @@ def test_settings_are_read_from_dotenv(start_server, tmp_path, monkeypatch):
     assert "'max_channels': 7" in live.log()
 
 
-async def test_development_mode_logs_a_token_and_a_working_curl(log_dir):
-    """`--dev` with no secret logs a subscribe token and a curl command that reaches it."""
+def rsa_public_pem() -> str:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
+    pem = key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return pem.decode()
+
+
+@pytest.mark.parametrize(
+    "algorithms",
+    [{}, {"BIFROST_JWT_ALGORITHMS": "RS256,HS512", "BIFROST_JWT_PUBLIC_KEY": rsa_public_pem()}],
+    ids=["default", "public-key-first"],
+)
+async def test_development_mode_logs_a_token_and_a_working_curl(log_dir, algorithms):
+    """`--dev` with no secret logs a subscribe token and a curl command that reaches it, signed
+    with an HMAC algorithm the server accepts even when a public-key one is listed first."""
     unset = {k: None for k in os.environ if k.startswith(("JWT_", "BIFROST_"))}
-    live = BifrostServer(log_dir, {**unset, "JWT_SECRET": None}, args=("--dev",), name="dev")
+    env = {**unset, "JWT_SECRET": None, **algorithms}
+    live = BifrostServer(log_dir, env, args=("--dev",), name="dev")
     live.start()
     try:
         log = live.log()
@@ -91,5 +108,24 @@ async def test_development_mode_logs_a_token_and_a_working_curl(log_dir):
             response = httpx.post(url.replace("8000", str(live.port)), content=body)
             assert response.json() == {"message": "Success", "deliveries": 1}
             assert json.loads(await ws.recv())["event"] == "hello"
+    finally:
+        live.stop()
+
+
+async def test_development_banner_names_the_status_page_and_the_playground(log_dir):
+    """The development banner gives the URLs of the status page and the playground, and both
+    answer with their pages."""
+    unset = {k: None for k in os.environ if k.startswith(("JWT_", "BIFROST_"))}
+    live = BifrostServer(log_dir, {**unset, "JWT_SECRET": None}, args=("--dev",), name="dev")
+    live.start()
+    try:
+        found = re.search(r"Status page: (\S+)/ +Playground: (\S+/test)\b", live.log())
+        assert found, live.log()
+        status_page, playground = found.groups()
+        here = f"127.0.0.1:{live.port}"
+        for url in (status_page + "/", playground):
+            response = httpx.get(url.replace("127.0.0.1:8000", here))
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/html")
     finally:
         live.stop()

@@ -20,7 +20,7 @@ from sanic_ext import openapi
 
 from bifrost import __version__
 from bifrost.client import broadcast_claims
-from bifrost.keys import HMAC_ALGORITHMS
+from bifrost.devmode import NoSigningAlgorithm, signing_algorithm
 from bifrost.service import service_of
 from bifrost.settings import Settings
 from bifrost.tokens import MAX_CHANNEL_NAME_LENGTH
@@ -123,14 +123,11 @@ def _channel(value: object) -> str:
 
 
 def _signing_algorithm(settings: Settings) -> str:
-    """The first HMAC algorithm the server accepts: the playground signs with JWT_SECRET."""
-    for algorithm in settings.jwt_algorithms:
-        if algorithm in HMAC_ALGORITHMS and settings.jwt_secret:
-            return algorithm
-    raise PlaygroundRefusal(
-        "this server accepts no HMAC-signed token (no JWT_SECRET), so the playground "
-        "cannot sign one: add HS512 to BIFROST_JWT_ALGORITHMS and set JWT_SECRET"
-    )
+    """The algorithm of every development token, refused with its reason on the page."""
+    try:
+        return signing_algorithm(settings)
+    except NoSigningAlgorithm as refusal:
+        raise PlaygroundRefusal(str(refusal)) from None
 
 
 def _read(name: str) -> str:
