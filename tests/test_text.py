@@ -204,6 +204,25 @@ async def test_header_bytes_that_are_not_text_get_a_clear_answer_and_log_line(st
     assert "Logging error" not in live.log()
 
 
+@pytest.mark.parametrize(
+    ("head", "status", "reason"),
+    [
+        (b"POST /broadcast HTTP/1.1\r\nContent-Length: 0\r\nExpect: \xff\x1b[2J", 417,
+         "Unknown Expect: \\udcff\\x1b[2J"),
+        (b"P\xffST /broadcast HTTP/1.1", 405, "Method P\\udcffST not allowed for URL /broadcast"),
+    ],
+    ids=["expect", "method"],
+)  # fmt: skip
+def test_sanic_errors_quoting_bytes_not_utf8_are_json_not_500(
+    server: BifrostServer, head: bytes, status: int, reason: str
+):
+    """An HTTP error whose reason quotes request bytes that are not UTF-8 is JSON, escaped."""
+    assert raw_request(server, head + b"\r\nHost: x\r\nConnection: close") == (
+        status,
+        {"error": reason},
+    )
+
+
 @pytest.fixture
 def redis_server(log_dir: Path) -> Iterator[RedisServer]:
     server = RedisServer(log_dir).start()
