@@ -13,6 +13,8 @@ from sanic.exceptions import SanicException
 from sanic.handlers import ErrorHandler
 from sanic.response import HTTPResponse, json
 
+from bifrost.text import printable
+
 __all__ = ["JSONErrorHandler"]
 
 logger = logging.getLogger("bifrost.errors")
@@ -24,7 +26,9 @@ class JSONErrorHandler(ErrorHandler):
     def default(self, request: Request, exception: Exception) -> HTTPResponse:
         if isinstance(exception, SanicException):
             status = exception.status_code
-            reason = str(exception) or "Error"
+            # Sanic's reasons quote the request (an unknown method or Expect), as it decoded
+            # bytes that are not UTF-8: into surrogates, which no JSON answer can carry.
+            reason = printable(str(exception)) or "Error"
         else:
             self.log(request, exception)
             status, reason = 500, "Internal error"

@@ -16,9 +16,12 @@ from sanic import Request
 from sanic.response import HTTPResponse, json
 from sanic.server import HttpProtocol
 from websockets.datastructures import Headers
+from websockets.exceptions import InvalidHeader
 from websockets.http11 import Request as UpgradeRequest
 from websockets.protocol import State
 from websockets.server import ServerProtocol
+
+from bifrost.text import printable
 
 __all__ = ["SocketFactory", "upgrade"]
 
@@ -26,6 +29,20 @@ SocketFactory = Callable[[asyncio.Transport, ServerProtocol], asyncio.Protocol]
 
 # The headers of a refused handshake that tell the client how to retry.
 ANSWER_HEADERS = frozenset({"upgrade", "sec-websocket-version"})
+# The request headers the library reads to accept a handshake. Only these are handed to it:
+# it refuses any value Sanic takes (a cookie in UTF-8 beyond Latin-1, control characters),
+# and a header the handshake does not read must not make it fail.
+HANDSHAKE_HEADERS = frozenset(
+    {
+        "connection",
+        "upgrade",
+        "sec-websocket-key",
+        "sec-websocket-version",
+        "sec-websocket-extensions",
+        "sec-websocket-protocol",
+        "origin",
+    }
+)
 
 
 def upgrade(request: Request, serve: SocketFactory, max_frame_bytes: int) -> HTTPResponse | None:
@@ -45,9 +62,16 @@ def upgrade(request: Request, serve: SocketFactory, max_frame_bytes: int) -> HTT
         return json({"error": "A websocket upgrade must not follow unread answers"}, status=400)
     # Made open: Sanic has read the request already, so the parser starts at the first frame.
     ws = ServerProtocol(max_size=max_frame_bytes, state=State.OPEN)
-    answer = ws.accept(UpgradeRequest(path=request.path, headers=Headers(request.headers)))
+    try:
+        read = [(k, v) for k, v in request.headers.items() if k.lower() in HANDSHAKE_HEADERS]
+        headers = Headers(read)
+    except InvalidHeader as refused:
+        reason = printable(f"Failed to open a WebSocket connection: {refused}")
+        return json({"error": reason}, status=400)
+    answer = ws.accept(UpgradeRequest(path=request.path, headers=headers))
     if answer.status_code != 101:
-        reason = answer.body.decode(errors="replace").strip() or answer.reason_phrase
+        # The library's reason quotes the header it refuses, as the client sent it.
+        reason = printable(answer.body.decode(errors="replace").strip() or answer.reason_phrase)
         # `Upgrade: websocket` with a 426, the versions spoken with a bad version: RFC 6455.
         said = {k: v for k, v in answer.headers.raw_items() if k.lower() in ANSWER_HEADERS}
         return json({"error": reason}, status=answer.status_code, headers=said)

@@ -7,6 +7,7 @@ Sanic's (start-up, errors, access) and any other library's warnings.
 
 from __future__ import annotations
 
+import json as stdlib_json
 import logging
 import sys
 from datetime import UTC, datetime
@@ -43,7 +44,12 @@ class JSONLineFormatter(logging.Formatter):
             line["exception"] = self.formatException(record.exc_info)
         if record.stack_info:
             line["stack"] = self.formatStack(record.stack_info)
-        return orjson.dumps(line, default=str).decode()
+        try:
+            return orjson.dumps(line, default=str).decode()
+        except orjson.JSONEncodeError:
+            # Text UTF-8 cannot carry (a lone surrogate in another library's line, quoting
+            # request bytes as Sanic decoded them): escaped by the standard library, not lost.
+            return stdlib_json.dumps(line, default=str)
 
 
 def configure_logging(log_format: str = "text") -> None:

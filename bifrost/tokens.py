@@ -6,15 +6,18 @@ browser must never be able to broadcast, so each kind is recognised by its claim
 
 from __future__ import annotations
 
+import json as stdlib_json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import jwt
+import orjson
 from jwt.algorithms import HMACAlgorithm
 
 from bifrost.keys import HMAC_ALGORITHMS, PublicKey
 from bifrost.settings import Settings
+from bifrost.text import is_utf8_text, printable
 
 __all__ = [
     "BAD_SIGNATURE",
@@ -27,18 +30,32 @@ __all__ = [
 MAX_CHANNEL_NAME_LENGTH = 255
 BAD_SIGNATURE = "Bad signature"
 CLOCK_SKEW_SECONDS = 5
+# Claims are decoded by the standard library's json, which keeps the lone UTF-16 surrogates
+# that JSON may escape ("\\ud800"): refused, since no frame, Redis key or log can carry them.
+NOT_UTF8 = (
+    "holds a lone UTF-16 surrogate (as left by cutting a string inside an emoji), "
+    "which UTF-8 cannot carry"
+)
 
 
 class TokenRejected(Exception):
-    """A token that must not be honoured; its text is the reason given to the sender."""
+    """A token that must not be honoured; its text is the reason given to the sender.
+
+    Reasons quote the token at times (pyjwt names an unknown `crit` entry), so the text is
+    made printable and short: it goes to the log and into answers as it is.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(printable(reason))
 
 
 @dataclass(frozen=True, slots=True)
 class BroadcastOrder:
-    """A verified broadcast: which channels, and the message object to hand to their sockets."""
+    """A verified broadcast: which channels, the message object, and its JSON for the sockets."""
 
     channels: tuple[str, ...]
     message: dict[str, Any]
+    payload: bytes
 
 
 class TokenVerifier:
@@ -115,12 +132,18 @@ class TokenVerifier:
                 raise TokenRejected(
                     f"channel must be a string of 1 to {MAX_CHANNEL_NAME_LENGTH} characters"
                 )
-            return BroadcastOrder((channel,), message)
-        return BroadcastOrder(tuple(self._channel_list(claims["channels"], "channels")), message)
+            if not is_utf8_text(channel):
+                raise TokenRejected(f"channel {NOT_UTF8}")
+            channels = [channel]
+        else:
+            channels = self._channel_list(claims["channels"], "channels")
+        return BroadcastOrder(tuple(channels), message, _message_json(message))
 
     def _claims(self, token: object, *, require_exp: bool) -> dict[str, Any]:
         if not isinstance(token, str) or not token:
             raise TokenRejected("token must be a non-empty string")
+        if not token.isascii():
+            raise TokenRejected("invalid token: a JWT is ASCII text")
         signed_in_family = False
         for keys, algorithms in self._families:
             for key in keys:
@@ -167,6 +190,8 @@ class TokenVerifier:
             raise TokenRejected(
                 f"each of {claim} must be a string of 1 to {MAX_CHANNEL_NAME_LENGTH} characters"
             )
+        if not all(is_utf8_text(c) for c in channels):
+            raise TokenRejected(f"a channel of {claim} {NOT_UTF8}")
         return list(dict.fromkeys(channels))
 
 
@@ -187,6 +212,23 @@ class _PreparedHMAC(HMACAlgorithm):
     def prepare_key(self, key: str | bytes) -> bytes:
         prepared = self._prepared.get(key) if isinstance(key, bytes) else None
         return prepared if prepared is not None else super().prepare_key(key)
+
+
+def _message_json(message: dict[str, Any]) -> bytes:
+    """The message's JSON, keys and values as sent; refused when UTF-8 cannot carry it.
+
+    orjson covers every message but those with integers beyond 64 bits or nested deeper than
+    255, which JSON allows and the standard library still writes. Neither writes a lone
+    surrogate, in a key or a value at any depth: it is found here, at no cost to the others.
+    """
+    try:
+        return orjson.dumps(message)
+    except orjson.JSONEncodeError:
+        pass
+    try:
+        return stdlib_json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        raise TokenRejected(f"message {NOT_UTF8}") from None
 
 
 def _is_channel_name(value: object) -> bool:

@@ -183,3 +183,10 @@ def test_json_line_keeps_a_multi_line_record_on_one_line():
     assert parsed["message"] == "failed:\nwhy"
     assert parsed["peer"] == "10.0.0.1"
     assert "ValueError: first" in parsed["exception"]
+
+
+def test_json_line_keeps_text_utf8_cannot_carry():
+    """A record holding a lone surrogate is still written, as one JSON line with it escaped."""
+    record = logging.makeLogRecord({"msg": "quoted %s", "args": ("cut \ud83d",), "peer": "\udcff"})
+    parsed = json.loads(JSONLineFormatter().format(record))
+    assert (parsed["message"], parsed["peer"]) == ("quoted cut \ud83d", "\udcff")

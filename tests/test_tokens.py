@@ -82,6 +82,7 @@ def test_broadcast_order_keeps_message_as_sent():
     )
     assert order.channels == ("a", "b")
     assert list(order.message.items()) == list(message.items())
+    assert order.payload == b'{"event":"e","data":"{\\"x\\":1}","z":[1,{"y":null}]}'
 
 
 @pytest.mark.parametrize(
@@ -92,3 +93,34 @@ def test_channel_lists_are_checked(channels):
     """Channel lists must be non-empty, at most 100, of names of 1 to 255 characters."""
     with pytest.raises(TokenRejected):
         verifier().subscribe_channels(sign({"channels": channels}))
+
+
+@pytest.mark.parametrize(
+    ("claims", "refused"),
+    [
+        ({"channel": "\udfff"}, "channel holds a lone UTF-16 surrogate"),
+        ({"channels": ["a", "\ud800"]}, "a channel of channels holds a lone UTF-16 surrogate"),
+        ({"channel": "a", "message": {"event": "e", "data": {"k\ud83d": 1}}}, "message holds"),
+        ({"channel": "a", "message": {"event": "e", "n": 2**70, "d": ["\ud83d"]}}, "message holds"),
+    ],
+)
+def test_text_utf8_cannot_carry_is_refused(claims, refused):
+    """A lone surrogate in a channel name or anywhere in the message refuses the token."""
+    token = sign({"message": {"event": "e"}, **claims, "exp": time.time() + 60})
+    with pytest.raises(TokenRejected, match=f"^{refused}"):
+        verifier().broadcast_order(token)
+    if "channels" in claims:
+        with pytest.raises(TokenRejected, match=f"^{refused}"):
+            verifier().subscribe_channels(sign(claims))
+
+
+def test_reasons_are_printable_and_short():
+    """A reason quoting the token's unsigned header is one short line, whatever it holds."""
+    token = jwt.encode({"channels": ["a"]}, SECRET, "HS512", headers={"crit": ["x\n\x1b" * 500]})
+    with pytest.raises(TokenRejected) as refused:
+        verifier().subscribe_channels(token)
+    reason = str(refused.value)
+    assert reason.startswith("invalid token: Unsupported critical extension: x\\n\\x1b")
+    assert reason.isprintable() and len(reason) == 200
+    with pytest.raises(TokenRejected, match=r"^invalid token: a JWT is ASCII text$"):
+        verifier().subscribe_channels("\ud800.e30.c2ln")

@@ -6,10 +6,8 @@ not carried is never answered with success.
 
 from __future__ import annotations
 
-import json as stdlib_json
 import logging
 from time import perf_counter
-from typing import Any
 
 import orjson
 from sanic import Blueprint, Request
@@ -22,7 +20,7 @@ from bifrost.schemas import BroadcastAnswer, BroadcastRequest, ErrorAnswer
 from bifrost.service import service_of
 from bifrost.tokens import TokenRejected
 
-__all__ = ["broadcast_bp", "encode_message"]
+__all__ = ["broadcast_bp"]
 
 logger = logging.getLogger("bifrost.broadcast")
 
@@ -58,7 +56,7 @@ async def broadcast(request: Request) -> HTTPResponse:
         logger.info("broadcast refused for %s: %s", request.client_ip, rejection)
         metrics.authentication_failed("broadcast", str(rejection))
         return _error(str(rejection), 400)
-    payload = encode_message(order.message)
+    payload = order.payload
     limit = service.settings.max_message_bytes
     if len(payload) > limit:
         return _error(f"message is {len(payload)} bytes of JSON, over the limit of {limit}", 413)
@@ -70,18 +68,6 @@ async def broadcast(request: Request) -> HTTPResponse:
         return _error(f"message not delivered: {failure}", 503)
     metrics.broadcast_delivered(deliveries, perf_counter() - started)
     return json({"message": "Success", "deliveries": deliveries})
-
-
-def encode_message(message: dict[str, Any]) -> bytes:
-    """The message's JSON, keys and values as sent.
-
-    orjson covers every message but those with integers beyond 64 bits, which JSON allows
-    and the standard library still writes.
-    """
-    try:
-        return orjson.dumps(message)
-    except orjson.JSONEncodeError:
-        return stdlib_json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def _error(reason: str, status: int) -> HTTPResponse:

@@ -32,6 +32,7 @@ from bifrost.protocol import (
     subscribed_reply,
 )
 from bifrost.service import Service, service_of
+from bifrost.text import printable
 from bifrost.tokens import TokenRejected
 
 __all__ = ["subscribe_bp"]
@@ -54,7 +55,7 @@ async def admit_handshake(request: Request) -> HTTPResponse | None:
     settings = service.settings
     origin = request.headers.get("origin")
     if settings.allowed_origins and origin and origin.rstrip("/") not in settings.allowed_origins:
-        logger.info("refused handshake from origin %s", origin)
+        logger.info("refused handshake from origin %s", printable(origin))
         metrics.handshake_refused("origin")
         return json({"error": "Origin not allowed"}, status=403)
     if service.stopping.is_set():
