@@ -37,7 +37,23 @@ CONTENT_SECURITY_POLICY = (
 )
 
 pages_bp = Blueprint("pages")
-pages_bp.static("/static", STATIC_DIR, name="static")
+
+
+def _serve_static_files(blueprint: Blueprint) -> None:
+    """One route per file of the folder, none for the folder itself.
+
+    A request names a file by its route, so no path from a request ever reaches the file
+    system: Sanic's folder route resolved it and answered 500, with a traceback in the log
+    each time, for the folder (`/static/`), a NUL byte, a name too long or a file taken for a
+    folder. Any other path under `/static/` is a 404 like every unknown route.
+    """
+    for asset in sorted(STATIC_DIR.iterdir()):
+        if asset.is_file():
+            uri, name = f"/static/{asset.name}", f"static-{asset.name}"
+            blueprint.static(uri, asset, name=name, resource_type="file")
+
+
+_serve_static_files(pages_bp)
 
 
 class PlaygroundRefusal(Exception):
