@@ -16,7 +16,9 @@ from sanic import Request
 from sanic.response import HTTPResponse, json
 from sanic.server import HttpProtocol
 from websockets.datastructures import Headers
+from websockets.exceptions import InvalidHeader
 from websockets.http11 import Request as UpgradeRequest
+from websockets.http11 import Response
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
@@ -24,8 +26,8 @@ __all__ = ["SocketFactory", "upgrade"]
 
 SocketFactory = Callable[[asyncio.Transport, ServerProtocol], asyncio.Protocol]
 
-# The headers of a refused handshake that tell the client how to retry.
-ANSWER_HEADERS = frozenset({"upgrade", "sec-websocket-version"})
+# The one version of the protocol spoken here: RFC 6455's.
+WEBSOCKET_VERSION = "13"
 
 
 def upgrade(request: Request, serve: SocketFactory, max_frame_bytes: int) -> HTTPResponse | None:
@@ -47,10 +49,7 @@ def upgrade(request: Request, serve: SocketFactory, max_frame_bytes: int) -> HTT
     ws = ServerProtocol(max_size=max_frame_bytes, state=State.OPEN)
     answer = ws.accept(UpgradeRequest(path=request.path, headers=Headers(request.headers)))
     if answer.status_code != 101:
-        reason = answer.body.decode(errors="replace").strip() or answer.reason_phrase
-        # `Upgrade: websocket` with a 426, the versions spoken with a bad version: RFC 6455.
-        said = {k: v for k, v in answer.headers.raw_items() if k.lower() in ANSWER_HEADERS}
-        return json({"error": reason}, status=answer.status_code, headers=said)
+        return _refusal(answer, ws.handshake_exc)
     http = transport.get_protocol()
     assert isinstance(http, HttpProtocol), "served by Sanic's HTTP/1.1 protocol"
     unread = bytes(http.recv_buffer)
@@ -63,6 +62,22 @@ def upgrade(request: Request, serve: SocketFactory, max_frame_bytes: int) -> HTT
     if unread:
         protocol.data_received(unread)
     return None
+
+
+def _refusal(answer: Response, cause: Exception | None) -> HTTPResponse:
+    """The library's refusal of a handshake as a JSON error, with the headers that say how to
+    retry: `Upgrade: websocket` with its 426 for a request that is no upgrade.
+
+    A version other than 13, or none, the library refuses with a plain 400 that names no
+    version; RFC 6455 §4.2.2 wants the versions spoken said in `Sec-WebSocket-Version`, and
+    426 Upgrade Required tells the client that this version of the protocol would succeed.
+    """
+    reason = answer.body.decode(errors="replace").strip() or answer.reason_phrase
+    if isinstance(cause, InvalidHeader) and cause.name == "Sec-WebSocket-Version":
+        headers = {"upgrade": "websocket", "sec-websocket-version": WEBSOCKET_VERSION}
+        return json({"error": reason}, status=426, headers=headers)
+    said = {k: v for k, v in answer.headers.raw_items() if k.lower() == "upgrade"}
+    return json({"error": reason}, status=answer.status_code, headers=said)
 
 
 def _release(http: HttpProtocol) -> None:
