@@ -17,6 +17,7 @@ from sanic import Sanic
 
 from bifrost import __version__
 from bifrost.blueprints import all_blueprints
+from bifrost.blueprints.pages import api_pages_in_development_only
 from bifrost.broker import Broker, LocalBroker
 from bifrost.connection import CLOSE_HANDSHAKE_TIMEOUT, Subscriber
 from bifrost.devmode import first_steps
@@ -60,6 +61,7 @@ def create_app(settings: Settings | None = None, name: str = "bifrost") -> Sanic
     app.ctx.settings = settings
     _configure_sanic(app, app.ctx.settings)
     app.blueprint(all_blueprints)
+    app.on_request(api_pages_in_development_only)
     app.main_process_start(check_start_up)
     app.before_server_start(open_service)
     app.before_server_stop(close_service)

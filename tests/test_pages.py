@@ -137,6 +137,30 @@ def test_pages_stay_out_of_the_openapi_document(server: BifrostServer):
     assert not [p for p in paths if p in PAGE_PATHS or p.startswith("/static")]
 
 
+# sanic-ext's interactive pages of the OpenAPI document, which load scripts from a CDN.
+API_PAGE_PATHS = ("/docs", "/docs/", "/docs/swagger", "/docs/redoc", "/docs/swagger-config")
+
+
+def test_api_pages_are_404_outside_development(server: BifrostServer):
+    """Outside development mode only the OpenAPI document is served under /docs: Swagger UI,
+    ReDoc and their configuration answer 404 JSON."""
+    for path in API_PAGE_PATHS:
+        answer = httpx.get(f"{server.url}{path}")
+        assert answer.status_code == 404, path
+        assert answer.json()["error"], path
+    document = httpx.get(f"{server.url}/docs/openapi.json")
+    assert document.status_code == 200 and document.json()["info"]["title"] == "Bifröst"
+
+
+def test_api_pages_are_served_in_development(dev_server: BifrostServer):
+    """In development mode /docs/swagger and /docs/redoc are the interactive API pages."""
+    for path, name in (("/docs/swagger", "swagger-ui"), ("/docs/redoc", "redoc")):
+        answer = httpx.get(f"{dev_server.url}{path}")
+        assert answer.status_code == 200, path
+        assert answer.headers["content-type"].startswith("text/html")
+        assert name in answer.text and "/docs/openapi.json" in answer.text
+
+
 def test_development_status_page_links_the_playground(dev_server: BifrostServer):
     """In development mode the status page shows the link to the playground."""
     page = httpx.get(f"{dev_server.url}/").text
