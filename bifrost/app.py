@@ -29,11 +29,11 @@ from bifrost.reaper import reap_idle_sockets
 from bifrost.registry import ChannelRegistry
 from bifrost.service import Service, service_of
 from bifrost.settings import (
-    RECOMMENDED_SECRET_LENGTH,
     Settings,
     SettingsError,
     load_settings,
     read_environment,
+    secret_length_warning,
     with_checked_secret,
 )
 from bifrost.tokens import TokenVerifier
@@ -130,12 +130,8 @@ def _checked_settings(app: Sanic) -> Settings:
         _refuse_start(str(error))
     if settings.secret_is_throwaway:
         logger.warning(first_steps(settings, _base_url(app)))
-    elif len(settings.jwt_secret) < RECOMMENDED_SECRET_LENGTH:
-        logger.warning(
-            "JWT_SECRET has %d characters; %d or more are recommended for HS512",
-            len(settings.jwt_secret),
-            RECOMMENDED_SECRET_LENGTH,
-        )
+    elif (warning := secret_length_warning(settings)) is not None:
+        logger.warning(warning)
     logger.info("bifrost settings: %s", settings.public_summary())
     app.ctx.settings = settings
     app.ctx.settings_checked = True
