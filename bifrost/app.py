@@ -17,6 +17,7 @@ from sanic import Sanic
 
 from bifrost import __version__
 from bifrost.blueprints import all_blueprints
+from bifrost.blueprints.pages import api_pages_in_development_only
 from bifrost.broker import Broker, LocalBroker
 from bifrost.connection import CLOSE_HANDSHAKE_TIMEOUT, Subscriber
 from bifrost.devmode import first_steps
@@ -28,11 +29,11 @@ from bifrost.reaper import reap_idle_sockets
 from bifrost.registry import ChannelRegistry
 from bifrost.service import Service, service_of
 from bifrost.settings import (
-    RECOMMENDED_SECRET_LENGTH,
     Settings,
     SettingsError,
     load_settings,
     read_environment,
+    secret_length_warning,
     with_checked_secret,
 )
 from bifrost.tokens import TokenVerifier
@@ -60,6 +61,7 @@ def create_app(settings: Settings | None = None, name: str = "bifrost") -> Sanic
     app.ctx.settings = settings
     _configure_sanic(app, app.ctx.settings)
     app.blueprint(all_blueprints)
+    app.on_request(api_pages_in_development_only)
     app.main_process_start(check_start_up)
     app.before_server_start(open_service)
     app.before_server_stop(close_service)
@@ -128,12 +130,8 @@ def _checked_settings(app: Sanic) -> Settings:
         _refuse_start(str(error))
     if settings.secret_is_throwaway:
         logger.warning(first_steps(settings, _base_url(app)))
-    elif len(settings.jwt_secret) < RECOMMENDED_SECRET_LENGTH:
-        logger.warning(
-            "JWT_SECRET has %d characters; %d or more are recommended for HS512",
-            len(settings.jwt_secret),
-            RECOMMENDED_SECRET_LENGTH,
-        )
+    elif (warning := secret_length_warning(settings)) is not None:
+        logger.warning(warning)
     logger.info("bifrost settings: %s", settings.public_summary())
     app.ctx.settings = settings
     app.ctx.settings_checked = True

@@ -18,6 +18,7 @@ from sanic.server import HttpProtocol
 from websockets.datastructures import Headers
 from websockets.exceptions import InvalidHeader
 from websockets.http11 import Request as UpgradeRequest
+from websockets.http11 import Response
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
@@ -27,8 +28,6 @@ __all__ = ["SocketFactory", "upgrade"]
 
 SocketFactory = Callable[[asyncio.Transport, ServerProtocol], asyncio.Protocol]
 
-# The headers of a refused handshake that tell the client how to retry.
-ANSWER_HEADERS = frozenset({"upgrade", "sec-websocket-version"})
 # The request headers the library reads to accept a handshake. Only these are handed to it:
 # it refuses any value Sanic takes (a cookie in UTF-8 beyond Latin-1, control characters),
 # and a header the handshake does not read must not make it fail.
@@ -43,6 +42,8 @@ HANDSHAKE_HEADERS = frozenset(
         "origin",
     }
 )
+# The one version of the protocol spoken here: RFC 6455's.
+WEBSOCKET_VERSION = "13"
 
 
 def upgrade(request: Request, serve: SocketFactory, max_frame_bytes: int) -> HTTPResponse | None:
@@ -70,11 +71,7 @@ def upgrade(request: Request, serve: SocketFactory, max_frame_bytes: int) -> HTT
         return json({"error": reason}, status=400)
     answer = ws.accept(UpgradeRequest(path=request.path, headers=headers))
     if answer.status_code != 101:
-        # The library's reason quotes the header it refuses, as the client sent it.
-        reason = printable(answer.body.decode(errors="replace").strip() or answer.reason_phrase)
-        # `Upgrade: websocket` with a 426, the versions spoken with a bad version: RFC 6455.
-        said = {k: v for k, v in answer.headers.raw_items() if k.lower() in ANSWER_HEADERS}
-        return json({"error": reason}, status=answer.status_code, headers=said)
+        return _refusal(answer, ws.handshake_exc)
     http = transport.get_protocol()
     assert isinstance(http, HttpProtocol), "served by Sanic's HTTP/1.1 protocol"
     unread = bytes(http.recv_buffer)
@@ -87,6 +84,23 @@ def upgrade(request: Request, serve: SocketFactory, max_frame_bytes: int) -> HTT
     if unread:
         protocol.data_received(unread)
     return None
+
+
+def _refusal(answer: Response, cause: Exception | None) -> HTTPResponse:
+    """The library's refusal of a handshake as a JSON error, with the headers that say how to
+    retry: `Upgrade: websocket` with its 426 for a request that is no upgrade.
+
+    A version other than 13, or none, the library refuses with a plain 400 that names no
+    version; RFC 6455 §4.2.2 wants the versions spoken said in `Sec-WebSocket-Version`, and
+    426 Upgrade Required tells the client that this version of the protocol would succeed.
+    """
+    # The library's reason quotes the header it refuses, as the client sent it.
+    reason = printable(answer.body.decode(errors="replace").strip() or answer.reason_phrase)
+    if isinstance(cause, InvalidHeader) and cause.name == "Sec-WebSocket-Version":
+        headers = {"upgrade": "websocket", "sec-websocket-version": WEBSOCKET_VERSION}
+        return json({"error": reason}, status=426, headers=headers)
+    said = {k: v for k, v in answer.headers.raw_items() if k.lower() == "upgrade"}
+    return json({"error": reason}, status=answer.status_code, headers=said)
 
 
 def _release(http: HttpProtocol) -> None:

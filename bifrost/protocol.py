@@ -6,6 +6,7 @@ checked by unit tests without a server; the websocket handler only carries out t
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,7 @@ __all__ = [
     "ErrorReply",
     "Ignore",
     "Pong",
+    "channel_total_refusal",
     "error_reply",
     "interpret_frame",
     "subscribed_reply",
@@ -97,6 +99,25 @@ def interpret_frame(frame: str | bytes) -> Decision:
     if event == "ping":
         return Pong()
     return Ignore()
+
+
+def channel_total_refusal(
+    held: Collection[str], granted: Sequence[str], max_channels: int
+) -> ErrorReply | None:
+    """Why an authenticate would take a socket over `max_channels` in all, or None.
+
+    Each token is bounded by itself; this bounds what a socket gathers through repeated
+    authenticates. Such an authenticate is refused whole, with an error the socket stays open
+    after, as Centrifugo and Pusher refuse a subscription past their channel limit: the token
+    is valid, and the channels the socket already hears are its own. A channel the socket
+    already hears counts once, so re-sending a token (a refresh) is never refused.
+    """
+    total = len(held) + sum(1 for channel in granted if channel not in held)
+    if total <= max_channels:
+        return None
+    return ErrorReply(
+        f"a socket may hear at most {max_channels} channels; this authenticate would make {total}"
+    )
 
 
 def text_frame(payload: bytes) -> bytes:

@@ -32,6 +32,7 @@ __all__ = [
     "SettingsError",
     "load_settings",
     "read_environment",
+    "secret_length_warning",
     "with_checked_secret",
 ]
 
@@ -162,6 +163,23 @@ def with_checked_secret(settings: Settings, *, development: bool) -> Settings:
             f"{MIN_SECRET_LENGTH} ({RECOMMENDED_SECRET_LENGTH} or more recommended for HS512)"
         )
     return settings
+
+
+def secret_length_warning(settings: Settings) -> str | None:
+    """The warning for a secret shorter than recommended, when HMAC tokens verify with it.
+
+    A deployment that accepts only public-key algorithms never uses `JWT_SECRET`, so its
+    length, or its absence, is nothing to warn about.
+    """
+    if not HMAC_ALGORITHMS.intersection(settings.jwt_algorithms):
+        return None
+    length = len(settings.jwt_secret)
+    if length >= RECOMMENDED_SECRET_LENGTH:
+        return None
+    return (
+        f"JWT_SECRET has {length} characters; "
+        f"{RECOMMENDED_SECRET_LENGTH} or more are recommended for HS512"
+    )
 
 
 class _Reader:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -62,6 +63,61 @@ def test_static_files_are_served(server: BifrostServer):
         assert answer.status_code == 200 and kind in answer.headers["content-type"]
 
 
+# Request targets that name no file of the folder: the folder itself, escapes, NUL bytes,
+# names too long for the file system, a file taken for a folder, odd and broken UTF-8.
+# (Bytes outside ASCII, unencoded, are no request target at all: Sanic answers 400 JSON.)
+NOT_STATIC_FILES = (
+    b"/static",
+    b"/static/",
+    b"/static/.",
+    b"/static//",
+    b"/static/./",
+    b"/static/%00",
+    b"/static/status.js%00",
+    b"/static/%00/../status.js",
+    b"/static/..",
+    b"/static/../app.py",
+    b"/static/%2e%2e/app.py",
+    b"/static/..%2fapp.py",
+    b"/static/%2fetc%2fpasswd",
+    b"/static//etc/passwd",
+    b"/static/status.js/x",
+    b"/static/" + b"a" * 300,
+    b"/static/" + b"a/" * 2000,
+    b"/static/%ED%A0%80",
+    b"/static/%ff%fe",
+    b"/static/st%61tus.html/..",
+)
+
+
+def raw_get(live: BifrostServer, target: bytes) -> tuple[int, bytes]:
+    """The status and body of a GET of `target` exactly as written, no client normalising it."""
+    request = b"GET " + target + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", live.port), timeout=5) as sock:
+        sock.sendall(request)
+        answer = b"".join(iter(lambda: sock.recv(65536), b""))
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
+def test_paths_outside_the_static_files_answer_404_json(start_server):
+    """A /static path that is no file of the folder answers 404 JSON, with nothing in the log."""
+    live = start_server()
+    for target in NOT_STATIC_FILES:
+        status, body = raw_get(live, target)
+        assert status == 404, target
+        assert json.loads(body)["error"], target
+    for target in (b"/static/\xc3\xa9", b"/static/\xff"):
+        status, body = raw_get(live, target)
+        assert (status, json.loads(body)) == (
+            400,
+            {"error": "URL may only contain US-ASCII characters."},
+        )
+    assert raw_get(live, b"/static/status.js")[0] == 200
+    live.assert_log_clean()
+    assert "ERROR" not in live.log()
+
+
 def test_playground_is_404_outside_development(server: BifrostServer):
     """Outside development mode, /test and its token endpoints answer 404 with a JSON error."""
     for method, path in [
@@ -79,6 +135,30 @@ def test_pages_stay_out_of_the_openapi_document(server: BifrostServer):
     paths = httpx.get(f"{server.url}/docs/openapi.json").json()["paths"]
     assert "/broadcast" in paths and "/info.json" in paths
     assert not [p for p in paths if p in PAGE_PATHS or p.startswith("/static")]
+
+
+# sanic-ext's interactive pages of the OpenAPI document, which load scripts from a CDN.
+API_PAGE_PATHS = ("/docs", "/docs/", "/docs/swagger", "/docs/redoc", "/docs/swagger-config")
+
+
+def test_api_pages_are_404_outside_development(server: BifrostServer):
+    """Outside development mode only the OpenAPI document is served under /docs: Swagger UI,
+    ReDoc and their configuration answer 404 JSON."""
+    for path in API_PAGE_PATHS:
+        answer = httpx.get(f"{server.url}{path}")
+        assert answer.status_code == 404, path
+        assert answer.json()["error"], path
+    document = httpx.get(f"{server.url}/docs/openapi.json")
+    assert document.status_code == 200 and document.json()["info"]["title"] == "Bifröst"
+
+
+def test_api_pages_are_served_in_development(dev_server: BifrostServer):
+    """In development mode /docs/swagger and /docs/redoc are the interactive API pages."""
+    for path, name in (("/docs/swagger", "swagger-ui"), ("/docs/redoc", "redoc")):
+        answer = httpx.get(f"{dev_server.url}{path}")
+        assert answer.status_code == 200, path
+        assert answer.headers["content-type"].startswith("text/html")
+        assert name in answer.text and "/docs/openapi.json" in answer.text
 
 
 def test_development_status_page_links_the_playground(dev_server: BifrostServer):

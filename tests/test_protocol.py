@@ -15,6 +15,7 @@ from bifrost.protocol import (
     ErrorReply,
     Ignore,
     Pong,
+    channel_total_refusal,
     error_reply,
     interpret_frame,
     subscribed_reply,
@@ -71,3 +72,27 @@ def test_text_frame_is_unmasked_text():
     frame = text_frame(b"x" * 300)
     assert frame[0] == 0x81 and frame[1] & 0x80 == 0
     assert payload(frame) == b"x" * 300
+
+
+@pytest.mark.parametrize(
+    ("held", "granted", "refused_total"),
+    [
+        (set(), ["a", "b", "c"], None),
+        ({"a", "b"}, ["c"], None),
+        ({"a", "b", "c"}, ["a", "b", "c"], None),
+        ({"a", "b", "c"}, ["c", "a"], None),
+        ({"a", "b", "c"}, ["d"], 4),
+        ({"a"}, ["a", "b", "c", "d"], 4),
+        ({"a", "b"}, ["c", "d", "e"], 5),
+    ],
+)
+def test_channel_total_refusal(held: set[str], granted: list[str], refused_total: int | None):
+    """An authenticate that would take a socket over the bound in all, counting the channels
+    it already hears once, is refused with a reason naming the bound and the total."""
+    refusal = channel_total_refusal(held, granted, max_channels=3)
+    if refused_total is None:
+        assert refusal is None
+    else:
+        assert refusal == ErrorReply(
+            f"a socket may hear at most 3 channels; this authenticate would make {refused_total}"
+        )

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from bifrost.settings import Settings, SettingsError, load_settings, with_checked_secret
+from bifrost.settings import (
+    Settings,
+    SettingsError,
+    load_settings,
+    secret_length_warning,
+    with_checked_secret,
+)
 
 SECRET = "s" * 64
 
@@ -58,3 +64,22 @@ def test_secret_rules_depend_on_mode():
 def test_public_summary_has_no_secret():
     """The logged summary of settings never contains the secret."""
     assert SECRET not in str(load_settings({"JWT_SECRET": SECRET}).public_summary())
+
+
+@pytest.mark.parametrize(
+    ("secret", "algorithms", "warned"),
+    [
+        ("k" * 40, ("HS512",), True),
+        ("k" * 40, ("HS256", "ES256"), True),
+        ("k" * 64, ("HS512",), False),
+        ("k" * 40, ("ES256",), False),
+        ("", ("RS256", "EdDSA"), False),
+    ],
+)
+def test_secret_length_warning_only_when_hmac_is_accepted(secret, algorithms, warned):
+    """A short secret is warned about only when some HMAC algorithm verifies with it."""
+    warning = secret_length_warning(Settings(jwt_secret=secret, jwt_algorithms=algorithms))
+    if warned:
+        assert warning == "JWT_SECRET has 40 characters; 64 or more are recommended for HS512"
+    else:
+        assert warning is None

@@ -83,6 +83,17 @@ def rsa_public_pem() -> str:
     return pem.decode()
 
 
+@pytest.mark.parametrize("secret", [None, "k" * 40], ids=["no secret", "unused secret"])
+def test_public_key_only_says_nothing_of_the_secret_length(start_server, secret):
+    """With only public-key algorithms accepted, no warning speaks of a JWT_SECRET's length,
+    whether there is none or one the server does not use."""
+    env = {"JWT_SECRET": secret, "BIFROST_JWT_PUBLIC_KEY": rsa_public_pem()}
+    live = start_server({**env, "BIFROST_JWT_ALGORITHMS": "RS256"})
+    assert "bifrost settings:" in live.log()
+    assert "recommended" not in live.log()
+    assert "JWT_SECRET has" not in live.log()
+
+
 @pytest.mark.parametrize(
     "algorithms",
     [{}, {"BIFROST_JWT_ALGORITHMS": "RS256,HS512", "BIFROST_JWT_PUBLIC_KEY": rsa_public_pem()}],

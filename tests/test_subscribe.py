@@ -141,6 +141,34 @@ async def test_bad_subscribe_token_closes_1008_not_authorized(server: BifrostSer
         assert await closed_with(ws) == (1008, "Not Authorized")
 
 
+async def test_authenticate_past_the_channel_total_is_refused_whole(start_server):
+    """An authenticate that would take a socket over `BIFROST_MAX_CHANNELS` in all gets an
+    `error` naming the bound, subscribes none of its channels, and leaves the socket open with
+    those it had; one whose channels the socket already counts is honoured."""
+    live = start_server({"BIFROST_MAX_CHANNELS": "3"})
+    over = "a socket may hear at most 3 channels; this authenticate would make 4"
+
+    async def authenticate(ws, channels: list[str], replies: int) -> list[tuple[str, object]]:
+        await ws.send(json.dumps({"event": "authenticate", "data": subscribe_token(channels)}))
+        frames = [await receive_json(ws) for _ in range(replies)]
+        return [(frame["event"], json.loads(frame["data"])) for frame in frames]
+
+    ws = await authenticated(live, ["a", "b"])
+    async with ws:
+        assert await authenticate(ws, ["c", "d"], 1) == [("error", {"error": over})]
+        assert await authenticate(ws, ["b", "c"], 2) == [
+            ("subscribed", {"channel": "b"}),
+            ("subscribed", {"channel": "c"}),
+        ]
+        assert await authenticate(ws, ["d"], 1) == [("error", {"error": over})]
+        for channel, deliveries in (("d", 0), ("a", 1), ("c", 1)):
+            token = broadcast_token({"event": "hi", "data": channel}, channel=channel)
+            assert (await post_broadcast(live, token)).json()["deliveries"] == deliveries
+        assert await receive_json(ws) == {"event": "hi", "data": "a"}
+        assert await receive_json(ws) == {"event": "hi", "data": "c"}
+        assert live.stats()["subscriptions"] == 3
+
+
 async def test_subscribe_token_without_exp_is_accepted(server: BifrostServer):
     """A subscribe token may omit `exp`, as the original README's example does."""
     ws = await authenticated(server, ["no-exp"])

@@ -150,3 +150,30 @@ async def test_peer_that_stops_reading_then_leaves_is_dropped(start_server, endi
         await wait_for_connected(live, 0, timeout=CLOSE_HANDSHAKE_TIMEOUT + 2)
     finally:
         peer.close()
+
+
+@pytest.mark.parametrize("version", ["8", "7", "14", "13, 8", "thirteen", None])
+async def test_unsupported_websocket_version_gets_426_naming_13(
+    server: BifrostServer, version: str | None
+):
+    """A handshake with another (or no) `Sec-WebSocket-Version` gets 426 Upgrade Required and
+    `Sec-WebSocket-Version: 13`, the version to retry with (RFC 6455 §4.2.2)."""
+    request = (
+        "GET /subscribe HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\n"
+        "Upgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        + ("" if version is None else f"Sec-WebSocket-Version: {version}\r\n")
+        + "\r\n"
+    )
+
+    def exchange() -> bytes:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+            sock.sendall(request.encode())
+            return sock.recv(65536)
+
+    head, _, body = (await asyncio.to_thread(exchange)).partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode().split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in header_lines)
+    assert status_line.startswith("HTTP/1.1 426 ")
+    assert headers["sec-websocket-version"] == "13"
+    assert headers["upgrade"] == "websocket"
+    assert "Sec-WebSocket-Version" in json.loads(body)["error"]

@@ -3,7 +3,8 @@
 The playground exists only in development mode. It subscribes with a development token and
 broadcasts through the real `POST /broadcast`, with tokens this server signs for it: the
 browser never holds the secret. Neither page is part of the HTTP API, so both stay out of the
-OpenAPI document, and neither loads anything from another origin.
+OpenAPI document, and neither loads anything from another origin. sanic-ext's interactive pages
+of that document (Swagger UI, ReDoc) load scripts from a CDN: they exist only in development.
 """
 
 from __future__ import annotations
@@ -25,11 +26,20 @@ from bifrost.service import service_of
 from bifrost.settings import Settings
 from bifrost.tokens import MAX_CHANNEL_NAME_LENGTH
 
-__all__ = ["PLAYGROUND_CHANNEL", "PlaygroundRefusal", "pages_bp", "playground_broadcast"]
+__all__ = [
+    "PLAYGROUND_CHANNEL",
+    "PlaygroundRefusal",
+    "api_pages_in_development_only",
+    "pages_bp",
+    "playground_broadcast",
+]
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 PLAYGROUND_CHANNEL = "playground"
 PLAYGROUND_TTL = 60.0
+# The route of the OpenAPI document among sanic-ext's `/docs` routes: the one kept outside
+# development mode, since API clients and the tests' generated requests read it.
+OPENAPI_DOCUMENT_ROUTE = "openapi.spec"
 # Same-origin only: the pages load their scripts and styles from here and talk to here.
 CONTENT_SECURITY_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -37,7 +47,23 @@ CONTENT_SECURITY_POLICY = (
 )
 
 pages_bp = Blueprint("pages")
-pages_bp.static("/static", STATIC_DIR, name="static")
+
+
+def _serve_static_files(blueprint: Blueprint) -> None:
+    """One route per file of the folder, none for the folder itself.
+
+    A request names a file by its route, so no path from a request ever reaches the file
+    system: Sanic's folder route resolved it and answered 500, with a traceback in the log
+    each time, for the folder (`/static/`), a NUL byte, a name too long or a file taken for a
+    folder. Any other path under `/static/` is a 404 like every unknown route.
+    """
+    for asset in sorted(STATIC_DIR.iterdir()):
+        if asset.is_file():
+            uri, name = f"/static/{asset.name}", f"static-{asset.name}"
+            blueprint.static(uri, asset, name=name, resource_type="file")
+
+
+_serve_static_files(pages_bp)
 
 
 class PlaygroundRefusal(Exception):
@@ -107,6 +133,25 @@ def playground_broadcast(settings: Settings, body: Any) -> str:
         raise PlaygroundRefusal("event must be a non-empty string")
     claims = broadcast_claims(channel, event, body.get("data"), PLAYGROUND_TTL)
     return jwt.encode(claims, settings.jwt_secret, _signing_algorithm(settings))
+
+
+async def api_pages_in_development_only(request: Request) -> None:
+    """Outside development mode, answer 404 for sanic-ext's pages around the OpenAPI document.
+
+    Swagger UI and ReDoc load their scripts from a third-party CDN, which a production server
+    must not hand to its users' browsers. sanic-ext reads whether to build them when the
+    server starts, before Sanic tells the app whether it runs in development mode, so they
+    are refused here, as the playground is.
+    """
+    route = request.route
+    if route is None or request.app.state.is_debug:
+        return
+    name = route.name.removeprefix(f"{request.app.name}.")
+    if name.startswith("openapi.") and name != OPENAPI_DOCUMENT_ROUTE:
+        raise NotFound(
+            "The API pages exist only in development mode (sanic --dev); "
+            "the OpenAPI document is /docs/openapi.json"
+        )
 
 
 def _development_only(request: Request) -> None:

@@ -27,6 +27,7 @@ from bifrost.protocol import (
     ErrorReply,
     Ignore,
     Pong,
+    channel_total_refusal,
     error_reply,
     interpret_frame,
     subscribed_reply,
@@ -136,7 +137,8 @@ class Subscriptions:
             self._run(self._vacate(vacated))
 
     def _authenticate(self, subscriber: Subscriber, token: object) -> None:
-        """Subscribe to the channels the token grants, or close the socket as not authorised."""
+        """Subscribe to the channels the token grants, or close the socket as not authorised;
+        refuse, with an error, channels that would take the socket over its bound."""
         service = self._service
         try:
             channels = service.verifier.subscribe_channels(token)
@@ -144,6 +146,13 @@ class Subscriptions:
             logger.info("authentication failed for %s: %s", subscriber.peer, rejection)
             metrics.authentication_failed("subscribe", str(rejection))
             subscriber.close(NOT_AUTHORIZED)
+            return
+        refusal = channel_total_refusal(
+            subscriber.channels, channels, service.settings.max_channels
+        )
+        if refusal is not None:
+            logger.info("authenticate refused for %s: %s", subscriber.peer, refusal.reason)
+            subscriber.send(error_reply(refusal.reason))
             return
         occupied = service.registry.subscribe(subscriber, channels)
         if occupied and service.broker.follows_channels:
