@@ -36,6 +36,7 @@ class DelayProxy:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._serving: set[asyncio.Task[None]] = set()
 
     def url(self, db: int = 0) -> str:
         return f"redis://127.0.0.1:{self.port}/{db}"
@@ -50,6 +51,7 @@ class DelayProxy:
         asyncio.run_coroutine_threadsafe(self._close(), self._loop).result(5)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+        self._loop.close()
 
     def wait_received(self, data: bytes, times: int = 1, timeout: float = 5.0) -> None:
         """Block until clients have sent `data` `times` times in all (not yet delivered)."""
@@ -75,6 +77,7 @@ class DelayProxy:
         self._server.close()
         for writer in self._writers:
             writer.close()
+        await asyncio.gather(*self._serving, return_exceptions=True)
         await self._server.wait_closed()
 
     async def _serve(
@@ -85,6 +88,9 @@ class DelayProxy:
         except OSError:
             client_out.close()
             return
+        serving = asyncio.current_task()
+        assert serving is not None
+        self._serving.add(serving)
         self._writers |= {client_out, server_out}
         chunks: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
         pipes = [
@@ -97,9 +103,11 @@ class DelayProxy:
         finally:
             for pipe in pipes:
                 pipe.cancel()
+            await asyncio.gather(*pipes, return_exceptions=True)
             for writer in (client_out, server_out):
                 writer.close()
                 self._writers.discard(writer)
+            self._serving.discard(serving)
 
     async def _read_client(
         self, reader: asyncio.StreamReader, chunks: asyncio.Queue[tuple[float, bytes]]

@@ -62,7 +62,8 @@ def node(redis_server: RedisServer, start_server: Callable[..., BifrostServer]) 
 
 @pytest.fixture
 def far_redis(redis_server: RedisServer) -> Iterator[Callable[[float], DelayProxy]]:
-    """Proxies to the test's Redis that delay every command by the given seconds."""
+    """Proxies to the test's Redis that delay every command by the given seconds (named before
+    `node` by a test, they stop after its nodes do)."""
     proxies: list[DelayProxy] = []
 
     def start(delay: float = FAR_AWAY) -> DelayProxy:
@@ -368,7 +369,7 @@ async def subscribed_to(ws: ClientConnection, channels: list[str]) -> None:
 
 
 async def test_token_of_many_channels_subscribes_in_one_round_trip_to_a_far_redis(
-    node: Node, far_redis: Callable[[float], DelayProxy]
+    far_redis: Callable[[float], DelayProxy], node: Node
 ):
     """80 channels with 150 ms to Redis: all 80 `subscribed` frames come within the auth
     timeout, in the token's order, and a broadcast sent right after them reaches the socket."""
@@ -384,11 +385,13 @@ async def test_token_of_many_channels_subscribes_in_one_round_trip_to_a_far_redi
 
 
 async def test_second_socket_on_a_pending_channel_waits_for_its_subscription(
-    node: Node, far_redis: Callable[[float], DelayProxy]
+    far_redis: Callable[[float], DelayProxy], node: Node
 ):
     """A socket joining a channel whose subscription in Redis is still on its way hears
     `subscribed` only once it is made: a broadcast sent right after reaches both sockets."""
-    far, near = await started(partial(node, {"BIFROST_REDIS_URL": far_redis(FAR_AWAY).url()}), node)
+    proxy = far_redis(0)
+    far, near = await started(partial(node, {"BIFROST_REDIS_URL": proxy.url()}), node)
+    proxy.delay = 0.5  # wide enough a window for the second socket, on a slow machine too
     first = await authenticate(far, ["pending"])
     second = await authenticate(far, ["pending"])
     await subscribed_to(second, ["pending"])
@@ -401,7 +404,7 @@ async def test_second_socket_on_a_pending_channel_waits_for_its_subscription(
 
 
 async def test_subscribe_unsubscribe_subscribe_in_one_round_trip_confirms_the_last(
-    node: Node, far_redis: Callable[[float], DelayProxy]
+    far_redis: Callable[[float], DelayProxy], node: Node
 ):
     """A channel subscribed, given up and subscribed again before Redis answered the first:
     the last socket hears `subscribed` only from the answer to its own subscription."""
@@ -422,3 +425,25 @@ async def test_subscribe_unsubscribe_subscribe_in_one_round_trip_confirms_the_la
     assert (await post(near, token)).json() == {"message": "Success", "deliveries": 1}
     assert await receive_json(staying) == {"event": "for the last"}
     await staying.close()
+
+
+async def test_socket_whose_channel_redis_does_not_confirm_is_told_to_try_again(
+    node: Node, redis_server: RedisServer
+):
+    """Redis frozen while a socket subscribes: within the bound the socket is closed 1013
+    `Try again later`, never told `subscribed`; a socket subscribed before stays."""
+    a = node()
+    before = await authenticated(a, ["before"])
+    assert redis_server.process is not None
+    os.kill(redis_server.process.pid, signal.SIGSTOP)
+    try:
+        ws = await authenticate(a, ["while frozen"])
+        began = time.monotonic()
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), SUBSCRIBE_BOUND + 3)
+        assert time.monotonic() - began < SUBSCRIBE_BOUND + 2
+        assert (ws.close_code, ws.close_reason) == (1013, "Try again later")
+        await assert_nothing_more(before)
+    finally:
+        os.kill(redis_server.process.pid, signal.SIGCONT)
+    await before.close()
