@@ -488,7 +488,9 @@ class RedisBroker(Broker):
         }
 
     def _channel_key(self, channel: str) -> bytes:
-        return f"{self._prefix}channel:{channel}".encode()
+        """The channel's pub/sub key; a lone surrogate a token carried passes through, since
+        this runs while a socket's frame is handled, where nothing may raise."""
+        return f"{self._prefix}channel:{channel}".encode(errors="surrogatepass")
 
 
 async def _until_one_fails(*loops: Coroutine[Any, Any, None]) -> None:

@@ -91,7 +91,7 @@ class Subscriptions:
 
     def __init__(self, service: Service) -> None:
         self._service = service
-        # Strong references to the broker calls in flight, which the loop only holds weakly.
+        # Strong references to the waits on the broker in flight, which the loop holds weakly.
         self._in_flight: set[asyncio.Task[None]] = set()
 
     def accept(self, transport: asyncio.Transport, ws: ServerProtocol) -> Subscriber:
@@ -181,7 +181,7 @@ class Subscriptions:
             logger.error("broker call failed", exc_info=task.exception())
 
     async def settle(self) -> None:
-        """Wait for the broker calls in flight, before the broker is stopped under them."""
+        """Wait for the sockets waiting on the broker, before it is stopped under them."""
         await asyncio.gather(*self._in_flight, return_exceptions=True)
 
 
