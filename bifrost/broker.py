@@ -48,12 +48,25 @@ class Broker(ABC):
         """Let go of it on shutdown."""
 
     @abstractmethod
-    async def channel_occupied(self, channel: str) -> None:
-        """A channel has its first local subscriber: start receiving its broadcasts."""
+    def channels_occupied(self, channels: Sequence[str]) -> None:
+        """Channels have their first local subscriber: start receiving their broadcasts.
+
+        Called in the same step as the registry changes, never later, so that the broker
+        hears of channels occupied and vacated in the order they were; `wait_subscribed`
+        says when the broadcasts arrive.
+        """
 
     @abstractmethod
-    async def channel_vacated(self, channel: str) -> None:
-        """A channel's last local subscriber left: stop receiving its broadcasts."""
+    def channels_vacated(self, channels: Sequence[str]) -> None:
+        """Channels' last local subscriber left: stop receiving their broadcasts."""
+
+    @abstractmethod
+    async def wait_subscribed(self, channels: Sequence[str]) -> None:
+        """Return once broadcasts to every one of these occupied channels reach this process.
+
+        Raises BrokerUnavailable when that is not confirmed in time: the socket must not be
+        told it is subscribed.
+        """
 
     @abstractmethod
     async def publish(self, channels: Sequence[str], payload: bytes) -> int:
@@ -85,10 +98,13 @@ class LocalBroker(Broker):
     async def stop(self) -> None:
         """Nothing to let go of."""
 
-    async def channel_occupied(self, channel: str) -> None:
+    def channels_occupied(self, channels: Sequence[str]) -> None:
         """Every broadcast already reaches the local registry."""
 
-    async def channel_vacated(self, channel: str) -> None:
+    def channels_vacated(self, channels: Sequence[str]) -> None:
+        """Every broadcast already reaches the local registry."""
+
+    async def wait_subscribed(self, channels: Sequence[str]) -> None:
         """Every broadcast already reaches the local registry."""
 
     async def publish(self, channels: Sequence[str], payload: bytes) -> int:

@@ -35,6 +35,7 @@ from bifrost.protocol import (
     RATE_LIMIT,
     SERVICE_RESTART,
     SLOW_CONSUMER,
+    TRY_AGAIN_LATER,
     Close,
 )
 from bifrost.tokens import BAD_SIGNATURE
@@ -125,6 +126,7 @@ CLOSE_REASONS: dict[Close, str] = {
     BINARY_REFUSED: "binary_frame",
     INVALID_TEXT: "invalid_text",
     SERVICE_RESTART: "shutdown",
+    TRY_AGAIN_LATER: "broker_unconfirmed",
 }
 
 # The label of a refused token, from the start of the reason the verifier gives: a few fixed

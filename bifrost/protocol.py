@@ -23,6 +23,7 @@ __all__ = [
     "RATE_LIMIT",
     "SERVICE_RESTART",
     "SLOW_CONSUMER",
+    "TRY_AGAIN_LATER",
     "Authenticate",
     "Close",
     "ErrorReply",
@@ -52,6 +53,8 @@ RATE_LIMIT = Close(1008, "Rate limit")
 BINARY_REFUSED = Close(1003, "Binary frames are not accepted")
 INVALID_TEXT = Close(1007, "Text frames must be UTF-8")
 SERVICE_RESTART = Close(1012, "Service restart")
+# The broker did not confirm a socket's channels in time: it must not believe it subscribed.
+TRY_AGAIN_LATER = Close(1013, "Try again later")
 
 
 @dataclass(frozen=True, slots=True)

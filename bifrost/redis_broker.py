@@ -21,7 +21,7 @@ import logging
 import random
 import uuid
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from time import monotonic
 from typing import Any, cast
@@ -37,6 +37,7 @@ from redis.exceptions import RedisError
 from bifrost.broker import Broker, BrokerUnavailable, Totals
 from bifrost.protocol import text_frame
 from bifrost.registry import ChannelRegistry
+from bifrost.subscription_book import SubscriptionBook
 
 __all__ = [
     "HEARTBEAT_INTERVAL",
@@ -50,7 +51,8 @@ __all__ = [
 
 logger = logging.getLogger("bifrost.redis")
 
-# A command that takes longer means Redis is unreachable: a broadcast is refused with 503.
+# A command that takes longer means Redis is unreachable: a broadcast is refused with 503,
+# and a socket whose channels Redis has not confirmed by then is closed with 1013.
 COMMAND_TIMEOUT = 2.0
 # How long a publisher waits for the answers of the nodes that received its broadcast.
 REPLY_TIMEOUT = 5.0
@@ -155,12 +157,14 @@ class RedisBroker(Broker):
         }
         self._commands = redis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), **options)
         self._listening = redis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), **options)
-        self._pubsub: PubSub | None = None
+        # Per channel, the subscriptions asked of Redis and the answers owed; commands for the
+        # pub/sub connection wait in its outbox, sent in order by the task that owns it.
+        self._book: SubscriptionBook[asyncio.Future[None]] = SubscriptionBook(self._new_waiter)
+        self._outbox: asyncio.Queue[tuple[str, list[bytes]]] | None = None
         self._unavailable: str | None = CONNECTING
         self._last_error: Exception | None = None
         self._ready: asyncio.Future[None] | None = None
         self._pending: dict[str, _PendingBroadcast] = {}
-        self._confirmations: dict[bytes, asyncio.Future[None]] = {}
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._answers: asyncio.Queue[tuple[bytes, bytes]] = asyncio.Queue()
         self._answerer: asyncio.Task[None] | None = None
@@ -208,33 +212,33 @@ class RedisBroker(Broker):
     def unavailable_reason(self) -> str | None:
         return self._unavailable
 
-    async def channel_occupied(self, channel: str) -> None:
-        """Subscribe, and wait until Redis confirms, so that a broadcast sent next is heard."""
-        pubsub = self._pubsub
-        if pubsub is None:
-            return  # not connected: the channel is subscribed with all others on reconnection
-        key = self._channel_key(channel)
-        confirmed = asyncio.get_running_loop().create_future()
-        self._confirmations[key] = confirmed
-        try:
-            async with asyncio.timeout(COMMAND_TIMEOUT):
-                await pubsub.subscribe(key)
-                await confirmed
-        except REDIS_FAILURES as error:
-            logger.warning("subscribing to %r in Redis failed: %s", channel, error)
-        finally:
-            if self._confirmations.get(key) is confirmed:
-                del self._confirmations[key]
+    def channels_occupied(self, channels: Sequence[str]) -> None:
+        """Subscribe to the channels in one command; `wait_subscribed` waits for its answer."""
+        keys = self._book.occupy(self._channel_key(c) for c in channels)
+        self._send("SUBSCRIBE", keys)
 
-    async def channel_vacated(self, channel: str) -> None:
-        pubsub = self._pubsub
-        if pubsub is None or self._registry.is_occupied(channel):
+    def channels_vacated(self, channels: Sequence[str]) -> None:
+        keys, abandoned = self._book.vacate(self._channel_key(c) for c in channels)
+        self._send("UNSUBSCRIBE", keys)
+        for waiter in abandoned:
+            waiter.cancel()
+
+    async def wait_subscribed(self, channels: Sequence[str]) -> None:
+        """Wait until Redis confirms every channel, so that a broadcast sent next is heard."""
+        waiters = self._book.waiters(self._channel_key(c) for c in channels)
+        if not waiters:
             return
-        try:
-            async with asyncio.timeout(COMMAND_TIMEOUT):
-                await pubsub.unsubscribe(self._channel_key(channel))
-        except REDIS_FAILURES as error:
-            logger.warning("unsubscribing from %r in Redis failed: %s", channel, error)
+        done, late = await asyncio.wait(set(waiters), timeout=COMMAND_TIMEOUT)
+        if late or any(waiter.cancelled() for waiter in done):
+            why = self._unavailable or f"no answer within {COMMAND_TIMEOUT:g} s"
+            raise BrokerUnavailable(f"Redis did not confirm the subscription: {why}")
+
+    def _send(self, command: str, keys: list[bytes]) -> None:
+        if keys and self._outbox is not None:
+            self._outbox.put_nowait((command, keys))
+
+    def _new_waiter(self) -> asyncio.Future[None]:
+        return asyncio.get_running_loop().create_future()
 
     async def publish(self, channels: Sequence[str], payload: bytes) -> int:
         if self._unavailable:
@@ -317,15 +321,16 @@ class RedisBroker(Broker):
             pubsub = self._listening.pubsub()
             try:
                 await pubsub.subscribe(self._reply_channel)
-                # From here channel_occupied subscribes itself; the channels occupied until
-                # now are read in the same step, so none falls between the two.
-                self._pubsub = pubsub
-                keys = [self._channel_key(c) for c in self._registry.occupied_channels()]
+                # From here channels occupied and vacated go to this connection's outbox; the
+                # channels wanted until now are subscribed in the same step, so none falls
+                # between the two.
+                outbox = self._outbox = asyncio.Queue()
+                keys = self._book.connect()
                 if keys:
                     await pubsub.subscribe(*keys)
                 # Its pong comes after every subscription above: then the broker is available.
                 await pubsub.ping()
-                await self._read(pubsub)
+                await _until_one_fails(self._read(pubsub), self._write(pubsub, outbox))
             except REDIS_FAILURES as error:
                 if self._unavailable is None:
                     attempt = 0
@@ -334,7 +339,8 @@ class RedisBroker(Broker):
                 logger.exception("the Redis listener failed; reconnecting")
                 self._lost("the Redis listener failed", None)
             finally:
-                self._pubsub = None
+                self._outbox = None
+                self._book.lost()
                 with contextlib.suppress(*REDIS_FAILURES):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
             if self._unavailable is not None:
@@ -365,16 +371,27 @@ class RedisBroker(Broker):
                 unanswered += 1
                 last_ping = monotonic()
 
+    async def _write(self, pubsub: PubSub, outbox: asyncio.Queue[tuple[str, list[bytes]]]) -> None:
+        """Send the connection's SUBSCRIBE and UNSUBSCRIBE commands in the order they were
+        asked for: the book matches Redis's answers to them in that order. A failure here ends
+        the connection, and with it every answer the book expected."""
+        while True:
+            command, keys = await outbox.get()
+            if command == "SUBSCRIBE":
+                await pubsub.subscribe(*keys)
+            else:
+                await pubsub.unsubscribe(*keys)
+
     def _take(self, message: dict[str, Any]) -> None:
         kind = message["type"]
         if kind == "message" and message["channel"] == self._reply_channel:
             self._take_answer(message["data"])
         elif kind == "message":
             self._take_broadcast(message["channel"], message["data"])
-        elif kind == "subscribe":
-            confirmed = self._confirmations.get(message["channel"])
-            if confirmed is not None and not confirmed.done():
-                confirmed.set_result(None)
+        elif kind in ("subscribe", "unsubscribe"):
+            waiter = self._book.answered(message["channel"], kind == "subscribe")
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
         elif kind == "pong" and self._unavailable is not None:
             self._available()
 
@@ -471,7 +488,22 @@ class RedisBroker(Broker):
         }
 
     def _channel_key(self, channel: str) -> bytes:
-        return f"{self._prefix}channel:{channel}".encode()
+        """The channel's pub/sub key; a lone surrogate a token carried passes through, since
+        this runs while a socket's frame is handled, where nothing may raise."""
+        return f"{self._prefix}channel:{channel}".encode(errors="surrogatepass")
+
+
+async def _until_one_fails(*loops: Coroutine[Any, Any, None]) -> None:
+    """Run endless loops side by side until one raises; stop the others, raise its error."""
+    tasks = [asyncio.create_task(loop) for loop in loops]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    for task in done:
+        task.result()
 
 
 def _backoff(attempt: int) -> float:

@@ -57,14 +57,6 @@ class ChannelRegistry(Generic[L]):
         """A snapshot of every socket, safe to walk while sockets come and go."""
         return list(self._listeners)
 
-    def occupied_channels(self) -> list[str]:
-        """Every channel some local socket listens to."""
-        return list(self._channels)
-
-    def is_occupied(self, channel: str) -> bool:
-        """Whether some local socket listens to the channel."""
-        return channel in self._channels
-
     def connect(self, listener: L) -> None:
         """Count a new socket, before it has any channel."""
         self._listeners.add(listener)

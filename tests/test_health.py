@@ -32,10 +32,13 @@ class UnreachableBroker(Broker):
     async def stop(self) -> None:
         """Nothing to let go of."""
 
-    async def channel_occupied(self, channel: str) -> None:
+    def channels_occupied(self, channels: Sequence[str]) -> None:
         """No channels in these tests."""
 
-    async def channel_vacated(self, channel: str) -> None:
+    def channels_vacated(self, channels: Sequence[str]) -> None:
+        """No channels in these tests."""
+
+    async def wait_subscribed(self, channels: Sequence[str]) -> None:
         """No channels in these tests."""
 
     async def publish(self, channels: Sequence[str], payload: bytes) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import time
@@ -13,7 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
-from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from bifrost.redis_broker import (
@@ -25,7 +26,8 @@ from bifrost.redis_broker import (
     encode_envelope,
 )
 from tests.clients import authenticated, receive_json
-from tests.live import BifrostServer, broadcast_token
+from tests.delay_proxy import DelayProxy
+from tests.live import BifrostServer, broadcast_token, subscribe_token
 from tests.raw_peer import RawPeer, authenticate_frame, close_frame
 from tests.redis_server import RedisServer
 
@@ -33,6 +35,10 @@ from tests.redis_server import RedisServer
 HEARTBEAT_LAG = HEARTBEAT_INTERVAL + 1.5
 # A refused broadcast must be answered well before a sender's own timeout.
 REFUSAL_BOUND = 5.0
+# Redis in another region: what each command takes to reach it.
+FAR_AWAY = 0.15
+# How long Redis may take to confirm a subscription before the socket is told to come back.
+SUBSCRIBE_BOUND = 2.0
 
 Node = Callable[..., BifrostServer]
 
@@ -52,6 +58,21 @@ def node(redis_server: RedisServer, start_server: Callable[..., BifrostServer]) 
         return start_server({"BIFROST_REDIS_URL": redis_server.url, **(env or {})}, **kwargs)
 
     return start
+
+
+@pytest.fixture
+def far_redis(redis_server: RedisServer) -> Iterator[Callable[[float], DelayProxy]]:
+    """Proxies to the test's Redis that delay every command by the given seconds (named before
+    `node` by a test, they stop after its nodes do)."""
+    proxies: list[DelayProxy] = []
+
+    def start(delay: float = FAR_AWAY) -> DelayProxy:
+        proxies.append(DelayProxy(redis_server.port, delay).start())
+        return proxies[-1]
+
+    yield start
+    for proxy in proxies:
+        proxy.stop()
 
 
 async def post(server: BifrostServer, token: str, timeout: float = 10) -> httpx.Response:
@@ -308,16 +329,22 @@ async def test_redis_outage_answers_503_and_recovers(node: Node, redis_server: R
 async def test_node_started_before_redis_serves_and_delivers_once_it_is_up(
     start_server: Node, log_dir: Path
 ):
-    """A node whose Redis is not up yet starts, says it is not ready, and delivers once it is."""
+    """A node whose Redis is not up yet starts and says it is not ready; a socket it cannot
+    subscribe is closed 1013 `Try again later`, never told `subscribed`; once Redis is up,
+    sockets subscribe and hear broadcasts."""
     later = RedisServer(log_dir)
     live = start_server({"BIFROST_REDIS_URL": later.url})
     try:
-        ws = await authenticated(live, ["early"])
+        early = await authenticate(live, ["early"])
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(early.recv(), SUBSCRIBE_BOUND + 3)
+        assert (early.close_code, early.close_reason) == (1013, "Try again later")
         assert httpx.get(f"{live.url}/readyz").status_code == 503
         token = broadcast_token({"event": "too early"}, channel="early")
         assert (await post(live, token)).status_code == 503
         later.start()
         await eventually(lambda: httpx.get(f"{live.url}/readyz").status_code == 200, 5, "ready")
+        ws = await authenticated(live, ["early"])
         token = broadcast_token({"event": "now"}, channel="early")
         assert (await post(live, token)).json()["deliveries"] == 1
         assert await receive_json(ws) == {"event": "now"}
@@ -325,3 +352,98 @@ async def test_node_started_before_redis_serves_and_delivers_once_it_is_up(
     finally:
         live.stop()
         later.stop()
+
+
+async def authenticate(server: BifrostServer, channels: list[str]) -> ClientConnection:
+    """A socket that has sent its token, whatever the server answers."""
+    ws = await connect(server.ws_url)
+    await ws.send(json.dumps({"event": "authenticate", "data": subscribe_token(channels)}))
+    return ws
+
+
+async def subscribed_to(ws: ClientConnection, channels: list[str]) -> None:
+    """The socket hears `subscribed` for each channel, in the token's order."""
+    heard = [await receive_json(ws) for _ in channels]
+    assert [json.loads(frame["data"])["channel"] for frame in heard] == channels
+    assert {frame["event"] for frame in heard} == {"subscribed"}
+
+
+async def test_token_of_many_channels_subscribes_in_one_round_trip_to_a_far_redis(
+    far_redis: Callable[[float], DelayProxy], node: Node
+):
+    """80 channels with 150 ms to Redis: all 80 `subscribed` frames come within the auth
+    timeout, in the token's order, and a broadcast sent right after them reaches the socket."""
+    far = node({"BIFROST_REDIS_URL": far_redis(FAR_AWAY).url(), "BIFROST_AUTH_TIMEOUT": "1.5"})
+    channels = [f"many:{n}" for n in range(80)]
+    ws = await authenticate(far, channels)
+    await subscribed_to(ws, channels)
+    token = broadcast_token({"event": "all"}, channels=channels[-2:])
+    assert (await post(far, token)).json() == {"message": "Success", "deliveries": 1}
+    assert await receive_json(ws) == {"event": "all"}
+    await assert_nothing_more(ws)
+    await ws.close()
+
+
+async def test_second_socket_on_a_pending_channel_waits_for_its_subscription(
+    far_redis: Callable[[float], DelayProxy], node: Node
+):
+    """A socket joining a channel whose subscription in Redis is still on its way hears
+    `subscribed` only once it is made: a broadcast sent right after reaches both sockets."""
+    proxy = far_redis(0)
+    far, near = await started(partial(node, {"BIFROST_REDIS_URL": proxy.url()}), node)
+    proxy.delay = 0.5  # wide enough a window for the second socket, on a slow machine too
+    first = await authenticate(far, ["pending"])
+    second = await authenticate(far, ["pending"])
+    await subscribed_to(second, ["pending"])
+    token = broadcast_token({"event": "right after"}, channel="pending")
+    assert (await post(near, token)).json() == {"message": "Success", "deliveries": 2}
+    await subscribed_to(first, ["pending"])
+    for ws in (first, second):
+        assert await receive_json(ws) == {"event": "right after"}
+    await close_all([first, second])
+
+
+async def test_subscribe_unsubscribe_subscribe_in_one_round_trip_confirms_the_last(
+    far_redis: Callable[[float], DelayProxy], node: Node
+):
+    """A channel subscribed, given up and subscribed again before Redis answered the first:
+    the last socket hears `subscribed` only from the answer to its own subscription."""
+    proxy = far_redis(0)
+    far, near = await started(partial(node, {"BIFROST_REDIS_URL": proxy.url()}), node)
+    proxy.delay = 0.5  # from now on, wide enough a window to be sure of the order of events
+    key = b"bifrost:channel:again"
+    leaving = await authenticate(far, ["again"])
+    await asyncio.to_thread(proxy.wait_received, key, 1)
+    await leaving.close()
+    await asyncio.to_thread(proxy.wait_received, key, 2)
+    await asyncio.sleep(0.1)  # the last socket joins later, but before Redis answered the first
+    staying = await authenticate(far, ["again"])
+    await subscribed_to(staying, ["again"])
+    # The broadcast goes out once Redis has dropped the channel of the socket that left.
+    await asyncio.to_thread(proxy.wait_forwarded, key, 2)
+    token = broadcast_token({"event": "for the last"}, channel="again")
+    assert (await post(near, token)).json() == {"message": "Success", "deliveries": 1}
+    assert await receive_json(staying) == {"event": "for the last"}
+    await staying.close()
+
+
+async def test_socket_whose_channel_redis_does_not_confirm_is_told_to_try_again(
+    node: Node, redis_server: RedisServer
+):
+    """Redis frozen while a socket subscribes: within the bound the socket is closed 1013
+    `Try again later`, never told `subscribed`; a socket subscribed before stays."""
+    a = node()
+    before = await authenticated(a, ["before"])
+    assert redis_server.process is not None
+    os.kill(redis_server.process.pid, signal.SIGSTOP)
+    try:
+        ws = await authenticate(a, ["while frozen"])
+        began = time.monotonic()
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), SUBSCRIBE_BOUND + 3)
+        assert time.monotonic() - began < SUBSCRIBE_BOUND + 2
+        assert (ws.close_code, ws.close_reason) == (1013, "Try again later")
+        await assert_nothing_more(before)
+    finally:
+        os.kill(redis_server.process.pid, signal.SIGCONT)
+    await before.close()

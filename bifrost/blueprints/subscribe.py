@@ -17,11 +17,13 @@ from sanic_ext import openapi
 from websockets.server import ServerProtocol
 
 from bifrost import metrics
+from bifrost.broker import BrokerUnavailable
 from bifrost.connection import Subscriber
 from bifrost.handshake import upgrade
 from bifrost.protocol import (
     NOT_AUTHORIZED,
     PONG,
+    TRY_AGAIN_LATER,
     Authenticate,
     Close,
     ErrorReply,
@@ -91,7 +93,7 @@ class Subscriptions:
 
     def __init__(self, service: Service) -> None:
         self._service = service
-        # Strong references to the broker calls in flight, which the loop only holds weakly.
+        # Strong references to the waits on the broker in flight, which the loop holds weakly.
         self._in_flight: set[asyncio.Task[None]] = set()
 
     def accept(self, transport: asyncio.Transport, ws: ServerProtocol) -> Subscriber:
@@ -134,7 +136,7 @@ class Subscriptions:
     def _left(self, vacated: list[str]) -> None:
         """Tell the broker of channels nobody here hears any more."""
         if vacated and self._service.broker.follows_channels:
-            self._run(self._vacate(vacated))
+            self._service.broker.channels_vacated(vacated)
 
     def _authenticate(self, subscriber: Subscriber, token: object) -> None:
         """Subscribe to the channels the token grants, or close the socket as not authorised;
@@ -154,32 +156,29 @@ class Subscriptions:
             logger.info("authenticate refused for %s: %s", subscriber.peer, refusal.reason)
             subscriber.send(error_reply(refusal.reason))
             return
+        # The token is good: the wait for the broker is bounded by the broker, and is no
+        # failure of the client to authenticate.
+        subscriber.liveness.authenticated = True
         occupied = service.registry.subscribe(subscriber, channels)
-        if occupied and service.broker.follows_channels:
-            self._run(self._occupy_then_confirm(subscriber, occupied, channels))
-        else:
+        broker = service.broker
+        if not broker.follows_channels:
             _confirm(subscriber, channels)
+            return
+        if occupied:
+            broker.channels_occupied(occupied)
+        self._run(self._confirm_once_subscribed(subscriber, channels))
 
-    async def _occupy_then_confirm(
-        self, subscriber: Subscriber, occupied: list[str], channels: list[str]
-    ) -> None:
-        """Say `subscribed` only once the broker carries the channels' broadcasts here.
-
-        The socket may leave while this waits, and its channels be vacated meanwhile: a
-        channel nobody here hears any more is not subscribed, or is given up again.
-        """
-        registry, broker = self._service.registry, self._service.broker
-        for channel in occupied:
-            if not registry.is_occupied(channel):
-                continue
-            await broker.channel_occupied(channel)
-            if not registry.is_occupied(channel):
-                await broker.channel_vacated(channel)
+    async def _confirm_once_subscribed(self, subscriber: Subscriber, channels: list[str]) -> None:
+        """Say `subscribed` only once the broker carries every channel's broadcasts here, or
+        tell the client to come back when it cannot say so in time."""
+        try:
+            await self._service.broker.wait_subscribed(channels)
+        except BrokerUnavailable as error:
+            if not subscriber.closed:
+                logger.warning("closing socket of %s: %s", subscriber.peer, error)
+                subscriber.close(TRY_AGAIN_LATER)
+            return
         _confirm(subscriber, channels)
-
-    async def _vacate(self, channels: list[str]) -> None:
-        for channel in channels:
-            await self._service.broker.channel_vacated(channel)
 
     def _run(self, call: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(call)
@@ -192,11 +191,10 @@ class Subscriptions:
             logger.error("broker call failed", exc_info=task.exception())
 
     async def settle(self) -> None:
-        """Wait for the broker calls in flight, before the broker is stopped under them."""
+        """Wait for the sockets waiting on the broker, before it is stopped under them."""
         await asyncio.gather(*self._in_flight, return_exceptions=True)
 
 
 def _confirm(subscriber: Subscriber, channels: list[str]) -> None:
-    subscriber.liveness.authenticated = True
     for channel in channels:
         subscriber.send(subscribed_reply(channel))
