@@ -358,6 +358,7 @@ async def _hold(
     """`count` lanes, opened evenly over `ramp_s` from `open_at`; each holds one connection at
     a time and opens the next when the server cuts it, until `end_at`; all are let go at
     `release_at`. Times are CLOCK_MONOTONIC, which the coordinating process shares."""
+    started_at = time.monotonic()
     connections: list[tuple[float, float | None, str | None]] = []
     failures = {"refused": 0, "connect timed out": 0}
     host_header = f"{host}:{port}"
@@ -384,7 +385,13 @@ async def _hold(
             await asyncio.sleep(HOLD_RECONNECT_PAUSE_S)
 
     await asyncio.gather(*(lane(i) for i in range(count)))
-    return {"kind": kind, "lanes": count, "connections": connections, "failures": failures}
+    return {
+        "kind": kind,
+        "lanes": count,
+        "started_at": started_at,
+        "connections": connections,
+        "failures": failures,
+    }
 
 
 def run_hold(

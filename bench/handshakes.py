@@ -78,6 +78,7 @@ async def _probe(host: str, port: int, token: str) -> tuple[str, int]:
 async def _probes(
     host: str, port: int, secret: str, rate: float, start_at: float, end_at: float
 ) -> dict[str, Any]:
+    started_at = time.monotonic()
     count = max(0, round((end_at - start_at) * rate))
     tokens = [subscribe_token(secret, [PROBE_CHANNEL], f"probe-{i}") for i in range(count)]
     outcomes = dict.fromkeys(OUTCOMES, 0)
@@ -91,7 +92,12 @@ async def _probes(
             subscribed_ns.append(took_ns)
 
     await asyncio.gather(*(one(i) for i in range(count)))
-    return {"attempts": count, "outcomes": outcomes, "subscribed_ns": sorted(subscribed_ns)}
+    return {
+        "attempts": count,
+        "started_at": started_at,
+        "outcomes": outcomes,
+        "subscribed_ns": sorted(subscribed_ns),
+    }
 
 
 def run_probes(

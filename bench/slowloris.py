@@ -52,6 +52,7 @@ SPAWN_S = 2.0
 """Time given to the attacker and probe processes to start before their schedule begins."""
 RELEASE_AFTER_S = 1.5
 """Attackers hold on this long past the phase, so that the end reading still sees them."""
+LATE_S = 0.5
 SETTLE_TIMEOUT_S = 10.0
 SETTLE_FDS = 10
 CHILD_GRACE_S = 30.0
@@ -190,11 +191,21 @@ async def _phase(session: Session, args: argparse.Namespace, kind: str | None) -
         if "error" in tally:
             errors.append(f"attacker process: {tally['error']}")
         holds = summarise_holds(tally, end_at)
+        _note_late("attacker", tally, open_at)
     if "error" in probe_tally:
         errors.append(f"newcomer process: {probe_tally['error']}")
+    _note_late("newcomer", probe_tally, start_at)
     after = await _settled(session, before.fds)
     label = kind or "baseline"
     return Outcome(label, healthy, probe_tally, holds, before, end, after, cores, errors)
+
+
+def _note_late(what: str, tally: dict[str, Any], due_at: float) -> None:
+    """Say so when a process began after its schedule (a loaded machine): its first
+    connections then went out in a burst, and the phase measured that burst too."""
+    late = tally.get("started_at", due_at) - due_at
+    if late > LATE_S:
+        print(f"NOTE: the {what} process started {late:.1f} s behind its schedule")
 
 
 def _median(values: list[float]) -> float:
