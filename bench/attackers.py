@@ -7,6 +7,9 @@
   holds them, and reports how and when the server closed them.
 - `churn`: a bounded population of sockets that connect, authenticate, stay a random short
   while and then vanish without a close frame (TCP reset), over and over.
+- `hold`: N connections that never become websockets, each held as long as the server keeps
+  it and reopened when cut: `silent` ones send nothing, `slowloris` ones send a request line
+  and then one header line every few seconds, never the blank line that ends the request.
 
 Raw sockets and hand-made frames, not a websocket library: a real attacker does not wait for
 a library's flow control, and the point is to push the server, not the client.
@@ -33,7 +36,16 @@ from bench.generator import raise_open_file_limit
 from bench.plan import channel_name
 from bench.tokens import subscribe_token
 
-__all__ = ["Child", "client_frame", "handshake", "run_churn", "run_flood", "run_idle"]
+__all__ = [
+    "HOLD_KINDS",
+    "Child",
+    "client_frame",
+    "handshake",
+    "run_churn",
+    "run_flood",
+    "run_hold",
+    "run_idle",
+]
 
 HANDSHAKE_TIMEOUT_S = 10.0
 FLOOD_CHUNK_FRAMES = 512
@@ -267,6 +279,138 @@ def run_churn(
     """Process entry point: churn for `seconds` with `population` sockets at any time."""
     raise_open_file_limit()
     conn.send(uvloop.run(_churn(host, port, secret, seconds, population, channels, max_stay_s)))
+
+
+# -- connections that never become websockets -------------------------------------------------
+
+HOLD_KINDS = ("silent", "slowloris")
+HOLD_CONNECT_TIMEOUT_S = 5.0
+HOLD_RECONNECT_PAUSE_S = 1.0
+"""A cut lane waits this long before its next connection: at most one attempt a second per
+lane, so that a server answering at once (503) is not met with a loop as fast as loopback."""
+HOLD_MAX_LIVES = 60
+"""Connections one lane opens at most, whatever happens: the attack is bounded in count too."""
+
+
+async def _until(moment: float) -> None:
+    await asyncio.sleep(max(0.0, moment - time.monotonic()))
+
+
+async def _cut(reader: asyncio.StreamReader) -> str:
+    """Read until the server lets go; how it did: `answered <status>`, `closed` or `reset`."""
+    head = bytearray()
+    try:
+        while chunk := await reader.read(4096):
+            if len(head) < 64:
+                head.extend(chunk)
+    except OSError:
+        return "reset"
+    if head.startswith(b"HTTP/1.") and len(parts := head.split(b" ", 2)) > 1:
+        return f"answered {parts[1].decode(errors='replace')}"
+    return "closed"
+
+
+async def _occupy(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    kind: str,
+    host_header: str,
+    release_at: float,
+    drip_s: float,
+) -> str | None:
+    """Hold one connection as `kind` until the server cuts it (how) or `release_at` (None)."""
+    watch = asyncio.create_task(_cut(reader))
+    try:
+        if kind == "slowloris":
+            writer.write(f"GET /subscribe HTTP/1.1\r\nHost: {host_header}\r\n".encode())
+        line = 0
+        while (left := release_at - time.monotonic()) > 0:
+            step = min(left, drip_s) if kind == "slowloris" else left
+            done, _ = await asyncio.wait({watch}, timeout=step)
+            if done:
+                return watch.result()
+            if kind == "slowloris" and time.monotonic() < release_at:
+                line += 1
+                try:
+                    writer.write(f"X-Drip-{line}: {line}\r\n".encode())
+                    await writer.drain()
+                except OSError:
+                    return "reset"
+        return None
+    finally:
+        watch.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watch
+        writer.transport.abort()
+
+
+async def _hold(
+    host: str,
+    port: int,
+    kind: str,
+    count: int,
+    open_at: float,
+    ramp_s: float,
+    end_at: float,
+    release_at: float,
+    drip_s: float,
+) -> dict[str, Any]:
+    """`count` lanes, opened evenly over `ramp_s` from `open_at`; each holds one connection at
+    a time and opens the next when the server cuts it, until `end_at`; all are let go at
+    `release_at`. Times are CLOCK_MONOTONIC, which the coordinating process shares."""
+    started_at = time.monotonic()
+    connections: list[tuple[float, float | None, str | None]] = []
+    failures = {"refused": 0, "connect timed out": 0}
+    host_header = f"{host}:{port}"
+
+    async def lane(index: int) -> None:
+        await _until(open_at + ramp_s * index / max(1, count))
+        for _ in range(HOLD_MAX_LIVES):
+            if time.monotonic() >= end_at:
+                return
+            try:
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(host, port), HOLD_CONNECT_TIMEOUT_S
+                )
+            except TimeoutError:
+                failures["connect timed out"] += 1
+            except OSError:
+                failures["refused"] += 1
+            else:
+                opened = time.monotonic()
+                how = await _occupy(reader, writer, kind, host_header, release_at, drip_s)
+                connections.append((opened, time.monotonic() if how else None, how))
+                if how is None:
+                    return
+            await asyncio.sleep(HOLD_RECONNECT_PAUSE_S)
+
+    await asyncio.gather(*(lane(i) for i in range(count)))
+    return {
+        "kind": kind,
+        "lanes": count,
+        "started_at": started_at,
+        "connections": connections,
+        "failures": failures,
+    }
+
+
+def run_hold(
+    conn: Connection,
+    host: str,
+    port: int,
+    kind: str,
+    count: int,
+    open_at: float,
+    ramp_s: float,
+    end_at: float,
+    release_at: float,
+    drip_s: float,
+) -> None:
+    """Process entry point: hold `count` connections of `kind` (see `_hold`), send the tally."""
+    raise_open_file_limit()
+    conn.send(
+        uvloop.run(_hold(host, port, kind, count, open_at, ramp_s, end_at, release_at, drip_s))
+    )
 
 
 # -- running one in a process of its own ------------------------------------------------------

@@ -39,6 +39,10 @@ class KeepAliveClient:
         return cls(parts.hostname or "127.0.0.1", parts.port or 80)
 
     async def _connection(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        if self._reader is not None and self._reader.at_eof():
+            # The server closed it while it was idle (its keep-alive timeout): take a new one
+            # rather than write a request it will never read.
+            await self.close()
         if self._reader is None or self._writer is None or self._writer.is_closing():
             self._reader, self._writer = await asyncio.open_connection(
                 self._host, self._port, limit=MAX_HEADER_BYTES
