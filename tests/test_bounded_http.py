@@ -96,6 +96,26 @@ async def test_slowloris_head_is_answered_408_at_the_bound_from_the_start(start_
     await subscriber.close()
 
 
+async def test_slowloris_after_an_answer_is_cut_at_the_bound_from_that_answer(start_server):
+    """On a connection kept alive, the next request has BIFROST_AUTH_TIMEOUT from the previous
+    answer to arrive, however slowly it trickles in."""
+    live = start_server(ENV)
+    loop = asyncio.get_running_loop()
+    reader, writer = await opened(live)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (await asyncio.wait_for(reader.readuntil(b"}"), 5)).startswith(b"HTTP/1.1 200")
+    answered = loop.time()
+    writer.write(b"GET /info.json HTTP/1.1\r\n")
+    trickling = asyncio.Event()
+    dripping = asyncio.create_task(drip(writer, b"X-Slow: 1\r\n", trickling))
+    answer = await answer_then_closed(reader, BOUND + SLACK + 5)
+    trickling.set()
+    await dripping
+    writer.close()
+    assert BOUND <= loop.time() - answered < BOUND + SLACK
+    assert status_and_body(answer) == (408, {"error": "Request Timeout"})
+
+
 async def test_slow_body_is_answered_408_at_the_bound_from_the_start(start_server):
     """A broadcast body sent a byte at a time is cut BIFROST_AUTH_TIMEOUT after the connection
     opened, answered 408."""
