@@ -18,6 +18,7 @@ from sanic import Sanic
 from bifrost import __version__
 from bifrost.blueprints import all_blueprints
 from bifrost.blueprints.pages import api_pages_in_development_only
+from bifrost.bounded_http import BifrostSanic
 from bifrost.broker import Broker, LocalBroker
 from bifrost.connection import CLOSE_HANDSHAKE_TIMEOUT, Subscriber
 from bifrost.devmode import first_steps
@@ -43,6 +44,10 @@ __all__ = ["app", "create_app"]
 logger = logging.getLogger("bifrost")
 
 TOKEN_OVERHEAD_BYTES = 16 * 1024
+# How long an HTTP connection may wait idle for its next request after an answer, unless
+# Sanic's own SANIC_KEEP_ALIVE_TIMEOUT says otherwise: a client that reuses connections sends
+# its next request at once, and an idle connection holds a file descriptor.
+KEEP_ALIVE_SECONDS = 5
 # How often shutdown looks whether every socket has finished its closing handshake.
 CLOSE_POLL_INTERVAL = 0.02
 
@@ -51,7 +56,7 @@ def create_app(settings: Settings | None = None, name: str = "bifrost") -> Sanic
     """Build the application from `settings`, or from the environment and `.env` when None."""
     settings = settings or load_settings(read_environment())
     configure_logging(settings.log_format)
-    app = Sanic(
+    app = BifrostSanic(
         name,
         dumps=dump_json,
         loads=orjson.loads,
@@ -75,11 +80,17 @@ def dump_json(value: Any) -> bytes:
 
 def _configure_sanic(app: Sanic, settings: Settings) -> None:
     """Hand Sanic the limits it enforces itself, and the OpenAPI description's heading."""
+    if "SANIC_KEEP_ALIVE_TIMEOUT" not in os.environ:
+        app.config.KEEP_ALIVE_TIMEOUT = KEEP_ALIVE_SECONDS
     app.config.update(
         {
             # A token carries its message in base64, a third larger than the JSON; any body
             # beyond twice the message limit holds a message over it.
             "REQUEST_MAX_SIZE": 2 * settings.max_message_bytes + TOKEN_OVERHEAD_BYTES,
+            # A request has as long to arrive, head and body, as a socket has to authenticate:
+            # measured from the connection's opening or its previous answer
+            # (`bifrost.bounded_http`), not from the last byte received.
+            "REQUEST_TIMEOUT": settings.auth_timeout,
             "API_TITLE": "Bifröst",
             "API_VERSION": __version__,
             "API_DESCRIPTION": "Realtime broadcasts to websocket subscribers, authorised by JWTs.",

@@ -1,7 +1,8 @@
 """The process's open-file limit, raised to what the connection limit needs where allowed.
 
 Every socket is a file descriptor: with the common soft limit of 1,024, a process set to hold
-10,000 connections would fail on accept long before refusing handshakes with a clear 503.
+10,000 connections would fail on accept long before refusing handshakes with a clear 503. The
+limit leaves room past the connection limit for the connections that are answered 503.
 """
 
 from __future__ import annotations
@@ -9,18 +10,21 @@ from __future__ import annotations
 import logging
 import resource
 
-__all__ = ["FILES_BESIDES_SOCKETS", "raise_open_file_limit"]
+__all__ = ["FILES_BESIDES_SOCKETS", "REFUSAL_HEADROOM", "raise_open_file_limit"]
 
 logger = logging.getLogger("bifrost")
 
 # Descriptors the process holds besides client sockets: listeners, logs, broker, imports.
 FILES_BESIDES_SOCKETS = 64
+# Connections held past BIFROST_MAX_CONNECTIONS to read their request and answer it 503;
+# connections past these are closed unanswered (`bifrost.bounded_http`).
+REFUSAL_HEADROOM = 64
 
 
 def raise_open_file_limit(max_connections: int) -> int:
     """Raise the soft limit up to the hard one; return the soft limit now in force."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = max_connections + FILES_BESIDES_SOCKETS
+    wanted = max_connections + REFUSAL_HEADROOM + FILES_BESIDES_SOCKETS
     if soft < wanted and (hard == resource.RLIM_INFINITY or soft < hard):
         target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
         try:
@@ -34,6 +38,6 @@ def raise_open_file_limit(max_connections: int) -> int:
             "will fail to connect; raise `ulimit -n` or lower BIFROST_MAX_CONNECTIONS",
             soft,
             max_connections,
-            FILES_BESIDES_SOCKETS,
+            REFUSAL_HEADROOM + FILES_BESIDES_SOCKETS,
         )
     return soft

@@ -51,6 +51,7 @@ __all__ = [
     "close_reason",
     "exposition",
     "handshake_refused",
+    "http_connection_closed",
     "is_multiprocess",
     "prepare_multiprocess_dir",
     "remove_multiprocess_dir",
@@ -116,6 +117,12 @@ HANDSHAKES_REFUSED = Counter(
     "Websocket handshakes refused before upgrading, by reason (origin, full, stopping).",
     ["reason"],
 )
+HTTP_CONNECTIONS_CLOSED = Counter(
+    "bifrost_http_connections_closed",
+    "Connections closed before they became websockets, by reason: request_timeout (no"
+    " complete request in time), overflow (opened past the connection limit and its headroom).",
+    ["reason"],
+)
 
 CLOSE_REASONS: dict[Close, str] = {
     IDLE_TIMEOUT: "idle",
@@ -165,6 +172,10 @@ def authentication_failed(endpoint: str, reason: str) -> None:
 
 def handshake_refused(reason: str) -> None:
     HANDSHAKES_REFUSED.labels(reason).inc()
+
+
+def http_connection_closed(reason: str) -> None:
+    HTTP_CONNECTIONS_CLOSED.labels(reason).inc()
 
 
 def broadcast_answered(status: int) -> None:

@@ -19,6 +19,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from bifrost import metrics, protocol
+from bifrost.limits import REFUSAL_HEADROOM
 from bifrost.settings import Settings
 from bifrost.tokens import TokenRejected, TokenVerifier
 from tests.clients import authenticated, post_broadcast
@@ -202,6 +203,21 @@ async def test_refused_handshakes_are_counted(live):
         async with connect(live.ws_url, origin="https://evil.example.com"):
             pass
     assert value(scrape(live), "bifrost_handshakes_refused_total", reason="origin") == 1
+
+
+async def test_connections_closed_before_upgrading_are_counted_by_reason(start_server):
+    """Connections cut for no request in time count as request_timeout, those closed past the
+    connection limit and its headroom as overflow."""
+    live = start_server({**METRICS_ENV, "BIFROST_MAX_CONNECTIONS": "5"}, name="metrics")
+    held = 5 + REFUSAL_HEADROOM
+    silent = [await asyncio.open_connection("127.0.0.1", live.port) for _ in range(held + 1)]
+    for reader, writer in silent:
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.close()
+    samples = scrape(live)
+    closed_early = "bifrost_http_connections_closed_total"
+    assert value(samples, closed_early, reason="request_timeout") == held
+    assert value(samples, closed_early, reason="overflow") == 1
 
 
 # -- several workers ------------------------------------------------------------------

@@ -17,6 +17,7 @@ from sanic_ext import openapi
 from websockets.server import ServerProtocol
 
 from bifrost import metrics
+from bifrost.bounded_http import close_after_answer, open_connections
 from bifrost.broker import BrokerUnavailable
 from bifrost.connection import Subscriber
 from bifrost.handshake import upgrade
@@ -65,9 +66,11 @@ async def admit_handshake(request: Request) -> HTTPResponse | None:
         # Its sockets are being closed with 1012: the client must go to a live instance.
         metrics.handshake_refused("stopping")
         return json({"error": "Shutting down, try another instance"}, status=503)
-    if service.registry.connected >= settings.max_connections:
+    if open_connections(request) > settings.max_connections:
+        # Closed once answered, so that it does not go on counting as open.
         logger.warning("refused handshake: %d connections open", settings.max_connections)
         metrics.handshake_refused("full")
+        close_after_answer(request)
         return json({"error": "Too many connections, try another instance"}, status=503)
     return None
 

@@ -1,0 +1,123 @@
+"""Sanic's HTTP/1.1 protocol with a deadline per request and a ceiling on open connections.
+
+Sanic measures its request timeout from the last chunk received, so a client sending a header
+line every few seconds (a slowloris) is never cut; and the connections it holds before they
+become websockets count against no limit, so a few hundred silent ones would use up a worker's
+file descriptors. `BoundedHttpProtocol` measures the request's time from the moment the
+connection is ready for it (opened, or its previous answer sent) until its head and body are
+read, and closes at once the connections opened past the process's limit plus the headroom
+kept to answer them 503 (`bifrost.blueprints.subscribe.admit_handshake` answers).
+
+Sanic takes a protocol class only as `protocol=` to `prepare`/`run`, which its command line
+never passes; `BifrostSanic.prepare` makes this one the default, so that every way of starting
+the service (`sanic bifrost.app`, `python -m bifrost`, `bifrost serve`, `app.run`) serves with
+it. Signals such as `http.lifecycle.begin` see no transport: all they could do at a deadline is
+cancel the connection's task, which Sanic answers 500 in the middle of a request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from time import monotonic
+from typing import Any
+
+from sanic import Request, Sanic
+from sanic.exceptions import RequestTimeout
+from sanic.http import Http, Stage
+from sanic.server import HttpProtocol
+
+from bifrost import metrics
+from bifrost.limits import REFUSAL_HEADROOM
+from bifrost.service import service_of
+
+__all__ = ["BifrostSanic", "BoundedHttpProtocol", "close_after_answer", "open_connections"]
+
+logger = logging.getLogger("bifrost.connections")
+
+
+class DeadlineHttp(Http):
+    """Sanic's HTTP/1.1 state machine, telling its protocol when each request cycle begins."""
+
+    __slots__ = ()
+
+    def init_for_request(self) -> None:
+        super().init_for_request()
+        self.protocol.request_ready()
+
+
+class BoundedHttpProtocol(HttpProtocol):
+    """Closes a connection whose request is not complete within `REQUEST_TIMEOUT` of the
+    moment it was ready for it, and a connection opened past the ceiling.
+
+    Sanic's own keep-alive timeout already measures what it should: the time since the last
+    answer, during which nothing is received.
+    """
+
+    HTTP_CLASS = DeadlineHttp
+    __slots__ = ("ready_at", "timed_out")
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.ready_at = monotonic()
+        self.timed_out = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        ceiling = service_of(self.app).settings.max_connections + REFUSAL_HEADROOM
+        if _open_connections(self) > ceiling:
+            logger.warning("closed connection unanswered: %d connections open", ceiling)
+            metrics.http_connection_closed("overflow")
+            self.close()
+
+    def check_timeouts(self) -> None:
+        """Sanic's own timeouts (keep-alive idle, response), and the request's deadline.
+
+        Past the deadline, a request being read is answered 408 by Sanic's error handling, as
+        its own request timeout is; Sanic then reads on what is left of its body, which the
+        next look cuts short, closing the connection.
+        """
+        http = self._http if self._task and self.transport else None
+        if http is not None and self._overdue(http):
+            if not self.timed_out:
+                self.timed_out = True
+                metrics.http_connection_closed("request_timeout")
+                http.exception = RequestTimeout("Request Timeout")
+                http.keep_alive = False
+            self._task.cancel()  # type: ignore[union-attr]
+        super().check_timeouts()
+
+    def _overdue(self, http: Http) -> bool:
+        """Still waiting for the request, its head or its body, past the deadline."""
+        receiving = http.stage in (Stage.IDLE, Stage.REQUEST) or bool(http.request_body)
+        return receiving and monotonic() - self.ready_at > self.request_timeout
+
+    def request_ready(self) -> None:
+        """The connection waits for a request from now on."""
+        self.ready_at = monotonic()
+
+
+def open_connections(request: Request) -> int:
+    """Every open connection of the request's worker, the request's own included."""
+    http: HttpProtocol = request.transport.get_protocol()  # type: ignore[attr-defined]
+    return _open_connections(http)
+
+
+def _open_connections(http: HttpProtocol) -> int:
+    """HTTP connections not yet upgraded (Sanic's set, shared by the worker's connections)
+    and websockets (`bifrost.handshake` moves a connection from the one to the other)."""
+    return len(http.connections) + service_of(http.app).registry.connected
+
+
+def close_after_answer(request: Request) -> None:
+    """Close the request's connection once it is answered, instead of keeping it alive."""
+    request.stream.keep_alive = False  # type: ignore[union-attr]
+
+
+class BifrostSanic(Sanic):  # type: ignore[type-arg]
+    """The application class: serves with `BoundedHttpProtocol` unless told another."""
+
+    def prepare(
+        self, *args: Any, protocol: type[asyncio.Protocol] | None = None, **kwargs: Any
+    ) -> None:
+        super().prepare(*args, protocol=protocol or BoundedHttpProtocol, **kwargs)
