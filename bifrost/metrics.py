@@ -317,13 +317,18 @@ def _writer(path: str) -> int | None:
 
 
 def _is_running(pid: int) -> bool:
+    """Whether the process exists and is not a zombie (killed, not yet reaped)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # another user's process
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rpartition(b")")[2].split()[0] != b"Z"
+    except (OSError, IndexError):  # no /proc here, or gone meanwhile
+        return True
 
 
 def remove_multiprocess_dir(made: MadeFolder | None) -> None:

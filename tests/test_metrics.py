@@ -291,6 +291,10 @@ def kill_outright(live: BifrostServer) -> None:
     assert live.process is not None
     os.killpg(live.process.pid, signal.SIGKILL)
     live.process.wait()
+    deadline = time.monotonic() + 5
+    while live.group_processes():
+        assert time.monotonic() < deadline, "the killed processes are still running"
+        time.sleep(0.05)
 
 
 async def broadcast_to_one_socket(live: BifrostServer, times: int) -> None:
