@@ -37,6 +37,11 @@ from bifrost.settings import (
     secret_length_warning,
     with_checked_secret,
 )
+from bifrost.signals import (
+    ignore_signals_while_stopping,
+    stop_server_on_signals,
+    stop_workers_on_signals,
+)
 from bifrost.tokens import TokenVerifier
 
 __all__ = ["app", "create_app"]
@@ -68,6 +73,8 @@ def create_app(settings: Settings | None = None, name: str = "bifrost") -> Sanic
     app.blueprint(all_blueprints)
     app.on_request(api_pages_in_development_only)
     app.main_process_start(check_start_up)
+    app.main_process_ready(stop_workers_on_signals)
+    app.before_server_start(stop_server_on_signals)
     app.before_server_start(open_service)
     app.before_server_stop(close_service)
     return app
@@ -162,6 +169,7 @@ async def close_service(app: Sanic) -> None:
     does not wait for them: this does, for at most the closing handshake's timeout, after
     which every socket has been dropped.
     """
+    ignore_signals_while_stopping()
     service = service_of(app)
     service.stopping.set()
     subscribers = service.registry.listeners()

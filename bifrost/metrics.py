@@ -6,14 +6,22 @@ files in `PROMETHEUS_MULTIPROC_DIR`, which the main process sets up before the w
 spawned (they read the variable when they import this module), and a scrape, whichever worker
 answers it, reads them all. The gauges count live workers only: a worker that stops is marked
 dead, and its connections no longer count.
+
+A run killed outright (SIGKILL, a crash) leaves its files behind, and their counters would be
+added to the next run's: each start removes them first. A folder the main process makes is
+locked for its life, so that a later start can tell an abandoned one from another instance's.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import glob
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 from prometheus_client import (
     REGISTRY,
@@ -44,16 +52,20 @@ __all__ = [
     "AUTH_FAILURE_REASONS",
     "CONTENT_TYPE",
     "MULTIPROC_DIR_VARIABLE",
+    "MadeFolder",
     "authentication_failed",
     "authentication_failure_reason",
     "broadcast_answered",
     "broadcast_delivered",
     "close_reason",
     "exposition",
+    "forget_dead_processes",
     "handshake_refused",
     "http_connection_closed",
     "is_multiprocess",
     "prepare_multiprocess_dir",
+    "prepared_by_main_process",
+    "remove_abandoned_folders",
     "remove_multiprocess_dir",
     "sample",
     "socket_closed_by_server",
@@ -61,6 +73,11 @@ __all__ = [
 ]
 
 MULTIPROC_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+# Set by the main process for its workers: the folder is theirs and ready.
+PREPARED_BY_VARIABLE = "BIFROST_METRICS_PREPARED_BY"
+MADE_FOLDER_PREFIX = "bifrost-metrics-"
+# A folder being made is renamed into MADE_FOLDER_PREFIX only once it is locked.
+MAKING_FOLDER_PREFIX = ".bifrost-metrics-making-"
 # The classic text format, which every Prometheus and compatible scraper reads.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -211,28 +228,129 @@ def exposition() -> bytes:
     return generate_latest(registry)
 
 
-def prepare_multiprocess_dir() -> str | None:
+@dataclass(frozen=True, slots=True)
+class MadeFolder:
+    """A folder the main process made, and the descriptor that holds its lock while it runs."""
+
+    path: str
+    lock: int
+
+
+def prepare_multiprocess_dir() -> MadeFolder | None:
     """In the main process, before workers exist: the folder they will write their metrics to.
 
     An operator's own `PROMETHEUS_MULTIPROC_DIR` is emptied of a previous run's files and kept;
-    otherwise a temporary folder is made, and its path returned so that it can be removed.
+    otherwise the folders of earlier runs that were killed are removed, and a locked temporary
+    folder is made, to be removed when the main process stops.
     """
+    os.environ[PREPARED_BY_VARIABLE] = str(os.getpid())
     given = os.environ.get(MULTIPROC_DIR_VARIABLE)
     if given:
         os.makedirs(given, exist_ok=True)
         for stale in glob.glob(os.path.join(given, "*.db")):
             os.remove(stale)
         return None
-    made = tempfile.mkdtemp(prefix="bifrost-metrics-")
-    os.environ[MULTIPROC_DIR_VARIABLE] = made
+    parent = tempfile.gettempdir()
+    remove_abandoned_folders(parent)
+    made = _make_locked_folder(parent)
+    os.environ[MULTIPROC_DIR_VARIABLE] = made.path
     return made
 
 
-def remove_multiprocess_dir(made: str | None) -> None:
-    """When the main process stops: remove the folder it made."""
+def prepared_by_main_process() -> bool:
+    """Whether a main process prepared the folder: not so in a single process."""
+    return PREPARED_BY_VARIABLE in os.environ
+
+
+def _make_locked_folder(parent: str) -> MadeFolder:
+    making = tempfile.mkdtemp(prefix=MAKING_FOLDER_PREFIX, dir=parent)
+    lock = os.open(making, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    path = os.path.join(parent, MADE_FOLDER_PREFIX + making.rpartition(MAKING_FOLDER_PREFIX)[2])
+    os.rename(making, path)
+    return MadeFolder(path, lock)
+
+
+def remove_abandoned_folders(parent: str) -> None:
+    """Remove the folders that main processes killed outright left in `parent`.
+
+    A folder is abandoned when nobody holds its lock and none of its files is of a running
+    process; a folder of another user, or of a live instance, is left alone.
+    """
+    for path in glob.glob(os.path.join(parent, MADE_FOLDER_PREFIX + "*")):
+        with _unlocked(path) as abandoned:
+            if abandoned and not any(_is_running(pid) for pid in _writers(path)):
+                shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _unlocked(path: str) -> Iterator[bool]:
+    """Whether the folder is ours and nobody holds its lock; held by us meanwhile."""
+    try:
+        lock = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        yield False
+        return
+    try:
+        if os.fstat(lock).st_uid != os.getuid():
+            yield False
+            return
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(lock)
+
+
+def forget_dead_processes() -> None:
+    """In a single process: remove the files that earlier runs' processes left in the folder.
+
+    No main process emptied it, and only this process writes to it now.
+    """
+    folder = os.environ[MULTIPROC_DIR_VARIABLE]
+    for path in glob.glob(os.path.join(folder, "*.db")):
+        pid = _writer(path)
+        if pid is not None and not _is_running(pid):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+
+
+def _writers(folder: str) -> set[int]:
+    found = (_writer(path) for path in glob.glob(os.path.join(folder, "*.db")))
+    return {pid for pid in found if pid is not None}
+
+
+def _writer(path: str) -> int | None:
+    """The process a metrics file belongs to, from its name (`counter_123.db`)."""
+    tail = os.path.basename(path).removesuffix(".db").rpartition("_")[2]
+    return int(tail) if tail.isdigit() else None
+
+
+def _is_running(pid: int) -> bool:
+    """Whether the process exists and is not a zombie (killed, not yet reaped)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rpartition(b")")[2].split()[0] != b"Z"
+    except (OSError, IndexError):  # no /proc here, or gone meanwhile
+        return True
+
+
+def remove_multiprocess_dir(made: MadeFolder | None) -> None:
+    """When the main process stops: remove the folder it made, and let go of its lock."""
+    os.environ.pop(PREPARED_BY_VARIABLE, None)
     if made:
-        shutil.rmtree(made, ignore_errors=True)
-        if os.environ.get(MULTIPROC_DIR_VARIABLE) == made:
+        shutil.rmtree(made.path, ignore_errors=True)
+        os.close(made.lock)
+        if os.environ.get(MULTIPROC_DIR_VARIABLE) == made.path:
             del os.environ[MULTIPROC_DIR_VARIABLE]
 
 

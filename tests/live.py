@@ -61,10 +61,31 @@ def broadcast_token(
     return jwt.encode(payload, secret, algorithm)
 
 
+def processes_in_group(pgid: int) -> list[int]:
+    """Pids of the running (not zombie) processes of a process group, read from /proc."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        # The fields after the command name, which is in parentheses and may hold spaces.
+        fields = _read_proc(int(entry), "stat").rpartition(b")")[2].split()
+        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] != b"Z":
+            found.append(int(entry))
+    return found
+
+
+def _read_proc(pid: int, name: str) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/{name}").read_bytes()
+    except OSError:  # gone meanwhile, or not ours to read
+        return b""
+
+
 class BifrostServer:
     """One Bifröst process started with `sanic bifrost.app`, its output kept in a log file.
 
     `env` adds to the test's environment and a test secret; a variable set to None is removed.
+    `entry_point=True` starts `python -m bifrost` instead, on HOST and PORT, `args` unused.
     """
 
     def __init__(
@@ -74,20 +95,27 @@ class BifrostServer:
         *,
         args: Sequence[str] = ("--single-process",),
         name: str = "bifrost",
+        entry_point: bool = False,
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.ws_url = f"ws://127.0.0.1:{self.port}/subscribe"
         self.log_path = log_dir / f"{name}-{self.port}.log"
-        merged = {**os.environ, "JWT_SECRET": SECRET, **(env or {})}
+        listen = {"HOST": "127.0.0.1", "PORT": str(self.port)} if entry_point else {}
+        merged = {**os.environ, "JWT_SECRET": SECRET, **listen, **(env or {})}
         self._env = {name: value for name, value in merged.items() if value is not None}
-        self._args = list(args)
+        if entry_point:
+            self._command = [sys.executable, "-m", "bifrost"]
+            self._single_process = int(self._env.get("BIFROST_WORKERS") or 1) == 1
+        else:
+            self._command = [sys.executable, "-m", "sanic", "bifrost.app"]
+            self._command += ["--host", "127.0.0.1", "--port", str(self.port), *args]
+            self._single_process = "--single-process" in args
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> BifrostServer:
-        """Start the process and wait until it answers HTTP."""
-        command = [sys.executable, "-m", "sanic", "bifrost.app"]
-        command += ["--host", "127.0.0.1", "--port", str(self.port), *self._args]
+        """Start the process, in a process group of its own, and wait until it answers HTTP."""
+        command = self._command
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 command,
@@ -105,7 +133,7 @@ class BifrostServer:
             except httpx.TransportError:
                 time.sleep(0.05)
                 continue
-            if "--single-process" not in self._args:
+            if not self._single_process:
                 # Sanic's main process loses a signal in its first moments after the workers
                 # are ready (it stops the workers but never exits): let it settle.
                 time.sleep(MAIN_PROCESS_SETTLE)
@@ -124,6 +152,19 @@ class BifrostServer:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
         return self.process.returncode
+
+    def group_processes(self) -> list[int]:
+        """The processes still running in the server's process group (its pid is the group's)."""
+        assert self.process is not None
+        return processes_in_group(self.process.pid)
+
+    def workers(self) -> list[int]:
+        """The pids of the main process's Sanic workers, named in their environment."""
+        return [
+            pid
+            for pid in self.group_processes()
+            if b"SANIC_WORKER_NAME=Sanic-Server-" in _read_proc(pid, "environ")
+        ]
 
     def log(self) -> str:
         """Everything the process has written."""

@@ -6,6 +6,7 @@ import asyncio
 import glob
 import json
 import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -299,3 +300,65 @@ async def test_workers_share_a_temporary_folder_removed_at_exit(
     await ws.close()
     live.stop()
     assert not any(os.path.exists(folder) for folder in made)
+
+
+def kill_outright(live: BifrostServer) -> None:
+    """SIGKILL every process of the server: nothing of it runs its shutdown."""
+    assert live.process is not None
+    os.killpg(live.process.pid, signal.SIGKILL)
+    live.process.wait()
+    deadline = time.monotonic() + 5
+    while live.group_processes():
+        assert time.monotonic() < deadline, "the killed processes are still running"
+        time.sleep(0.05)
+
+
+async def broadcast_to_one_socket(live: BifrostServer, times: int) -> None:
+    ws = await authenticated(live, ["counted"])
+    for n in range(times):
+        token = broadcast_token({"event": "n", "data": n}, channel="counted")
+        assert (await post_broadcast(live, token)).json()["deliveries"] == 1
+    await ws.close()
+
+
+@pytest.mark.parametrize(
+    "launch",
+    [{"entry_point": True}, {"args": ()}],
+    ids=["python-m-bifrost", "sanic-worker"],
+)
+async def test_counters_of_a_killed_run_are_not_added_to_the_next(start_server, tmp_path, launch):
+    """A run killed with SIGKILL leaves its files in PROMETHEUS_MULTIPROC_DIR; the next run on
+    that folder counts from zero."""
+    shared = tmp_path / "prometheus"
+    shared.mkdir()
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(shared)}
+    killed = start_server(env, name="metrics-killed", **launch)
+    await broadcast_to_one_socket(killed, 3)
+    assert value(scrape(killed), "bifrost_broadcasts_total", status="200") == 3
+    kill_outright(killed)
+    assert glob.glob(f"{shared}/counter_*.db"), "the killed run left its counters"
+    live = start_server(env, name="metrics-after-kill", **launch)
+    await broadcast_to_one_socket(live, 1)
+    samples = scrape(live)
+    assert value(samples, "bifrost_broadcasts_total", status="200") == 1
+    assert value(samples, "bifrost_deliveries_total") == 1
+
+
+async def test_a_killed_main_process_folder_is_removed_at_the_next_start(start_server, tmp_path):
+    """The temporary folder of a main process killed with SIGKILL is removed by the next start,
+    which counts from zero; the folder of an instance still running is left alone."""
+    env = {"PROMETHEUS_MULTIPROC_DIR": None, "TMPDIR": str(tmp_path)}
+    killed = start_server(env, args=(), name="metrics-tmp-killed")
+    await broadcast_to_one_socket(killed, 3)
+    [abandoned] = glob.glob(f"{tmp_path}/bifrost-metrics-*")
+    kill_outright(killed)
+    running = start_server(env, args=(), name="metrics-tmp-running")
+    assert not os.path.exists(abandoned)
+    [in_use] = glob.glob(f"{tmp_path}/bifrost-metrics-*")
+    await broadcast_to_one_socket(running, 1)
+    start_server(env, args=(), name="metrics-tmp-beside")
+    assert os.path.isdir(in_use)
+    assert len(glob.glob(f"{tmp_path}/bifrost-metrics-*")) == 2
+    samples = scrape(running)
+    assert value(samples, "bifrost_broadcasts_total", status="200") == 1
+    assert value(samples, "bifrost_deliveries_total") == 1

@@ -1,7 +1,8 @@
 """`GET /metrics`: the service's figures in the Prometheus text format, over every worker.
 
 The blueprint owns the life of the metrics: the main process makes the folder the workers
-share, each worker samples its gauges once a second and marks itself dead when it stops.
+share (a single process cleans an operator's folder itself), each worker samples its gauges
+once a second and marks itself dead when it stops.
 """
 
 from __future__ import annotations
@@ -34,6 +35,13 @@ async def share_metrics_between_workers(app: Sanic) -> None:
 async def remove_shared_metrics(app: Sanic) -> None:
     """Remove the folder, if the main process made it, once every worker has stopped."""
     metrics.remove_multiprocess_dir(getattr(app.ctx, "metrics_dir", None))
+
+
+@metrics_bp.before_server_start
+async def forget_earlier_runs(app: Sanic) -> None:
+    """A single process with an operator's folder: earlier runs' counters must not be added in."""
+    if metrics.is_multiprocess() and not metrics.prepared_by_main_process():
+        metrics.forget_dead_processes()
 
 
 @metrics_bp.after_server_start

@@ -1,0 +1,62 @@
+"""Every termination signal a platform or a terminal sends ends in the graceful shutdown.
+
+Sanic stops gracefully on SIGINT and SIGTERM only; SIGHUP (a terminal closing, some
+supervisors) and SIGQUIT (Ctrl-\\) kept their default action and killed a process outright,
+and a killed main process left its workers orphaned and serving. These listeners give HUP and
+QUIT the very handlers Sanic gives INT and TERM: in the main process the worker manager's
+shutdown, in a worker (or the single process) the server's stop.
+
+A signal sent to the whole process group (a terminal closing, Ctrl-C, systemd stopping a unit)
+reaches a worker twice, from the sender and again from the main process stopping it; once a
+worker is stopping, a further signal is ignored, so that its sockets still hear 1012 and the
+broadcasts in flight are answered (the closing handshakes and Sanic's graceful timeout bound
+the shutdown, and a second signal to the main process kills every process at once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from functools import partial
+
+from sanic import Sanic
+
+__all__ = [
+    "STOP_SIGNALS",
+    "ignore_signals_while_stopping",
+    "stop_server_on_signals",
+    "stop_workers_on_signals",
+]
+
+logger = logging.getLogger("bifrost")
+
+# Handled by Sanic itself.
+SANIC_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# Given the same handlers here.
+EXTRA_STOP_SIGNALS = (signal.SIGHUP, signal.SIGQUIT)
+STOP_SIGNALS = SANIC_STOP_SIGNALS + EXTRA_STOP_SIGNALS
+
+
+async def stop_workers_on_signals(app: Sanic) -> None:
+    """In the main process, once the worker manager exists: HUP and QUIT stop it as TERM does."""
+    for stop_signal in EXTRA_STOP_SIGNALS:
+        signal.signal(stop_signal, app.manager.shutdown_signal)
+
+
+async def stop_server_on_signals(app: Sanic) -> None:
+    """In a worker or the single process: HUP and QUIT stop the server as TERM does."""
+    loop = asyncio.get_running_loop()
+    for stop_signal in EXTRA_STOP_SIGNALS:
+        loop.add_signal_handler(stop_signal, partial(app.stop, terminate=False))
+
+
+def ignore_signals_while_stopping() -> None:
+    """Called first when a server stops: no signal may cut its shutdown short."""
+    loop = asyncio.get_running_loop()
+    for stop_signal in STOP_SIGNALS:
+        loop.add_signal_handler(stop_signal, _already_stopping, stop_signal)
+
+
+def _already_stopping(stop_signal: signal.Signals) -> None:
+    logger.info("stopping already: %s ignored", stop_signal.name)
