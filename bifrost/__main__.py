@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from sanic import Sanic
 from sanic.worker.loader import AppLoader
 
-from bifrost.settings import read_environment
+from bifrost.rules.settings import read_environment
 
 __all__ = ["ServeOptions", "main", "serve_options"]
 

@@ -19,17 +19,16 @@ from bifrost import __version__
 from bifrost.blueprints import all_blueprints
 from bifrost.blueprints.pages import api_pages_in_development_only
 from bifrost.bounded_http import BifrostSanic
-from bifrost.broker import Broker, LocalBroker
+from bifrost.brokers.base import Broker, LocalBroker
 from bifrost.connection import CLOSE_HANDSHAKE_TIMEOUT, Subscriber
-from bifrost.devmode import first_steps
 from bifrost.errors import JSONErrorHandler
 from bifrost.limits import raise_open_file_limit
 from bifrost.logs import configure_logging, sanic_log_config
-from bifrost.protocol import SERVICE_RESTART
 from bifrost.reaper import reap_idle_sockets
-from bifrost.registry import ChannelRegistry
-from bifrost.service import Service, service_of
-from bifrost.settings import (
+from bifrost.rules.devmode import first_steps
+from bifrost.rules.protocol import SERVICE_RESTART
+from bifrost.rules.registry import ChannelRegistry
+from bifrost.rules.settings import (
     Settings,
     SettingsError,
     load_settings,
@@ -37,12 +36,13 @@ from bifrost.settings import (
     secret_length_warning,
     with_checked_secret,
 )
+from bifrost.rules.tokens import TokenVerifier
+from bifrost.service import Service, service_of
 from bifrost.signals import (
     ignore_signals_while_stopping,
     stop_server_on_signals,
     stop_workers_on_signals,
 )
-from bifrost.tokens import TokenVerifier
 
 __all__ = ["app", "create_app"]
 
@@ -191,7 +191,7 @@ async def close_service(app: Sanic) -> None:
 def _make_broker(settings: Settings, registry: ChannelRegistry[Subscriber]) -> Broker:
     """Redis when configured, imported only then; otherwise the in-process broker."""
     if settings.redis_url:
-        from bifrost.redis_broker import RedisBroker
+        from bifrost.brokers.redis import RedisBroker
 
         return RedisBroker(settings.redis_url, settings.redis_prefix, registry)
     return LocalBroker(registry)

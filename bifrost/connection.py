@@ -25,10 +25,10 @@ from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-from bifrost.liveness import Liveness
 from bifrost.metrics import socket_closed_by_server
-from bifrost.protocol import INVALID_TEXT, RATE_LIMIT, SLOW_CONSUMER, Close
-from bifrost.ratelimit import FrameBudget
+from bifrost.rules.liveness import Liveness
+from bifrost.rules.protocol import INVALID_TEXT, RATE_LIMIT, SLOW_CONSUMER, Close
+from bifrost.rules.ratelimit import FrameBudget
 
 __all__ = ["CLOSE_HANDSHAKE_TIMEOUT", "SocketEvents", "Subscriber"]
 

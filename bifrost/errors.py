@@ -13,7 +13,7 @@ from sanic.exceptions import SanicException
 from sanic.handlers import ErrorHandler
 from sanic.response import HTTPResponse, json
 
-from bifrost.text import printable
+from bifrost.rules.text import printable
 
 __all__ = ["JSONErrorHandler"]
 

@@ -22,7 +22,7 @@ from websockets.http11 import Response
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-from bifrost.text import printable
+from bifrost.rules.text import printable
 
 __all__ = ["SocketFactory", "upgrade"]
 

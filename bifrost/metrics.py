@@ -34,7 +34,7 @@ from prometheus_client import (
     values,
 )
 
-from bifrost.protocol import (
+from bifrost.rules.protocol import (
     AUTHENTICATION_TIMEOUT,
     BINARY_REFUSED,
     IDLE_TIMEOUT,
@@ -46,7 +46,7 @@ from bifrost.protocol import (
     TRY_AGAIN_LATER,
     Close,
 )
-from bifrost.tokens import BAD_SIGNATURE
+from bifrost.rules.tokens import BAD_SIGNATURE
 
 __all__ = [
     "AUTH_FAILURE_REASONS",

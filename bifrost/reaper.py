@@ -7,9 +7,9 @@ import logging
 from time import monotonic
 
 from bifrost.connection import Subscriber
-from bifrost.liveness import SendPing, liveness_verdict
-from bifrost.registry import ChannelRegistry
-from bifrost.settings import Settings
+from bifrost.rules.liveness import SendPing, liveness_verdict
+from bifrost.rules.registry import ChannelRegistry
+from bifrost.rules.settings import Settings
 
 __all__ = ["reap_idle_sockets", "reaper_tick"]
 

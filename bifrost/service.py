@@ -7,11 +7,11 @@ from dataclasses import dataclass, field
 
 from sanic import Sanic
 
-from bifrost.broker import Broker
+from bifrost.brokers.base import Broker
 from bifrost.connection import Subscriber
-from bifrost.registry import ChannelRegistry
-from bifrost.settings import Settings
-from bifrost.tokens import TokenVerifier
+from bifrost.rules.registry import ChannelRegistry
+from bifrost.rules.settings import Settings
+from bifrost.rules.tokens import TokenVerifier
 
 __all__ = ["Service", "service_of"]
 

@@ -27,7 +27,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from bifrost.__main__ import serve_options
-from bifrost.settings import Settings, load_settings
+from bifrost.rules.settings import Settings, load_settings
 from tests.live import SECRET, broadcast_token, free_port, subscribe_token
 from tests.redis_server import RedisServer
 

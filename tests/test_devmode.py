@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bifrost.devmode import NoSigningAlgorithm, signing_algorithm
-from bifrost.settings import Settings
+from bifrost.rules.devmode import NoSigningAlgorithm, signing_algorithm
+from bifrost.rules.settings import Settings
 from tests.live import SECRET
 
 

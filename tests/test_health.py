@@ -10,9 +10,9 @@ import pytest
 from sanic import Sanic
 
 from bifrost.app import create_app
-from bifrost.broker import Broker, Totals
+from bifrost.brokers.base import Broker, Totals
+from bifrost.rules.settings import Settings
 from bifrost.service import Service, service_of
-from bifrost.settings import Settings
 from tests.live import BifrostServer
 
 SECRET = "h" * 64

@@ -10,7 +10,7 @@ import pytest
 from sanic import Sanic
 
 from bifrost.app import create_app
-from bifrost.settings import Settings
+from bifrost.rules.settings import Settings
 
 SECRET = "h" * 64
 app_numbers = count()

@@ -11,8 +11,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from websockets.asyncio.client import connect
 
-from bifrost.settings import SettingsError, load_settings, with_checked_secret
-from bifrost.tokens import BAD_SIGNATURE, TokenRejected, TokenVerifier
+from bifrost.rules.settings import SettingsError, load_settings, with_checked_secret
+from bifrost.rules.tokens import BAD_SIGNATURE, TokenRejected, TokenVerifier
 from tests.clients import post_broadcast, receive_json
 from tests.live import SECRET
 

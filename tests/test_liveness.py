@@ -1,10 +1,10 @@
-"""Timing rules of `bifrost/liveness.py` and `bifrost/ratelimit.py`, checked without a server."""
+"""The timing rules of liveness and of the frame budget, checked without a server."""
 
 from __future__ import annotations
 
-from bifrost.liveness import SEND_PING, Liveness, liveness_verdict
-from bifrost.protocol import AUTHENTICATION_TIMEOUT, IDLE_TIMEOUT
-from bifrost.ratelimit import FrameBudget
+from bifrost.rules.liveness import SEND_PING, Liveness, liveness_verdict
+from bifrost.rules.protocol import AUTHENTICATION_TIMEOUT, IDLE_TIMEOUT
+from bifrost.rules.ratelimit import FrameBudget
 
 TIMEOUTS = {"auth_timeout": 10.0, "ping_interval": 30.0, "idle_timeout": 60.0}
 

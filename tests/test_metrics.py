@@ -21,8 +21,8 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from bifrost import metrics, protocol
 from bifrost.limits import REFUSAL_HEADROOM
-from bifrost.settings import Settings
-from bifrost.tokens import TokenRejected, TokenVerifier
+from bifrost.rules.settings import Settings
+from bifrost.rules.tokens import TokenRejected, TokenVerifier
 from tests.clients import authenticated, post_broadcast
 from tests.live import SECRET, BifrostServer, broadcast_token, subscribe_token
 from tests.redis_server import RedisServer

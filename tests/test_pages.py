@@ -16,7 +16,7 @@ import pytest
 from websockets.sync.client import connect
 
 from bifrost.blueprints.pages import STATIC_DIR, PlaygroundRefusal, playground_broadcast
-from bifrost.settings import Settings
+from bifrost.rules.settings import Settings
 from tests.live import SECRET, BifrostServer
 
 DEBUG_ARGS = ("--single-process", "--debug")

@@ -1,4 +1,4 @@
-"""Frame rules of `bifrost/protocol.py`, checked without a server."""
+"""Frame rules of `bifrost/rules/protocol.py`, checked without a server."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from websockets.frames import Frame
 from websockets.streams import StreamReader
 
-from bifrost.protocol import (
+from bifrost.rules.protocol import (
     BINARY_REFUSED,
     PONG,
     Authenticate,

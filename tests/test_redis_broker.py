@@ -17,7 +17,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from bifrost.redis_broker import (
+from bifrost.brokers.redis import (
     HEARTBEAT_INTERVAL,
     HEARTBEAT_TTL,
     REPLY_TIMEOUT,

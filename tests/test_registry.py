@@ -1,10 +1,10 @@
-"""Bookkeeping of `bifrost/registry.py`, with plain listeners instead of sockets."""
+"""Bookkeeping of `bifrost/rules/registry.py`, with plain listeners instead of sockets."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from bifrost.registry import ChannelRegistry
+from bifrost.rules.registry import ChannelRegistry
 
 
 @dataclass(eq=False)

@@ -1,10 +1,10 @@
-"""Settings of `bifrost/settings.py`: defaults, parsing and the one-line refusals."""
+"""Settings of `bifrost/rules/settings.py`: defaults, parsing and the one-line refusals."""
 
 from __future__ import annotations
 
 import pytest
 
-from bifrost.settings import (
+from bifrost.rules.settings import (
     Settings,
     SettingsError,
     load_settings,

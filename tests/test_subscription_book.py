@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from itertools import count
 
-from bifrost.subscription_book import SubscriptionBook
+from bifrost.rules.subscription_book import SubscriptionBook
 
 A, B, C = b"a", b"b", b"c"
 

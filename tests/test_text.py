@@ -19,7 +19,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from bifrost.text import MAX_REASON_LENGTH, is_utf8_text, printable
+from bifrost.rules.text import MAX_REASON_LENGTH, is_utf8_text, printable
 from tests.clients import authenticated, post_broadcast, receive_json
 from tests.live import SECRET, BifrostServer, broadcast_token, subscribe_token
 from tests.redis_server import RedisServer

@@ -1,4 +1,4 @@
-"""Token rules of `bifrost/tokens.py`, checked without a server."""
+"""Token rules of `bifrost/rules/tokens.py`, checked without a server."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 import jwt
 import pytest
 
-from bifrost.tokens import BAD_SIGNATURE, TokenRejected, TokenVerifier
+from bifrost.rules.tokens import BAD_SIGNATURE, TokenRejected, TokenVerifier
 
 SECRET = "u" * 64
 

@@ -15,10 +15,10 @@ from sanic.response import HTTPResponse, json
 from sanic_ext import openapi
 
 from bifrost import metrics
-from bifrost.broker import BrokerUnavailable
-from bifrost.schemas import BroadcastAnswer, BroadcastRequest, ErrorAnswer
+from bifrost.blueprints.schemas import BroadcastAnswer, BroadcastRequest, ErrorAnswer
+from bifrost.brokers.base import BrokerUnavailable
+from bifrost.rules.tokens import TokenRejected
 from bifrost.service import service_of
-from bifrost.tokens import TokenRejected
 
 __all__ = ["broadcast_bp"]
 

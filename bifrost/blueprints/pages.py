@@ -21,10 +21,10 @@ from sanic_ext import openapi
 
 from bifrost import __version__
 from bifrost.client import broadcast_claims
-from bifrost.devmode import NoSigningAlgorithm, signing_algorithm
+from bifrost.rules.devmode import NoSigningAlgorithm, signing_algorithm
+from bifrost.rules.settings import Settings
+from bifrost.rules.tokens import MAX_CHANNEL_NAME_LENGTH
 from bifrost.service import service_of
-from bifrost.settings import Settings
-from bifrost.tokens import MAX_CHANNEL_NAME_LENGTH
 
 __all__ = [
     "PLAYGROUND_CHANNEL",

@@ -6,7 +6,7 @@ from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json
 from sanic_ext import openapi
 
-from bifrost.schemas import StatsAnswer
+from bifrost.blueprints.schemas import StatsAnswer
 from bifrost.service import service_of
 
 __all__ = ["stats_bp"]

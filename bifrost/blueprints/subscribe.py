@@ -1,6 +1,6 @@
 """`GET /subscribe`: the websocket browsers hold open to hear their channels.
 
-A thin shell: `bifrost.protocol` decides what each frame means, this module carries it out.
+A thin shell: `bifrost.rules.protocol` decides what each frame means, this module carries it out.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from websockets.server import ServerProtocol
 
 from bifrost import metrics
 from bifrost.bounded_http import close_after_answer, open_connections
-from bifrost.broker import BrokerUnavailable
+from bifrost.brokers.base import BrokerUnavailable
 from bifrost.connection import Subscriber
 from bifrost.handshake import upgrade
-from bifrost.protocol import (
+from bifrost.rules.protocol import (
     NOT_AUTHORIZED,
     PONG,
     TRY_AGAIN_LATER,
@@ -35,9 +35,9 @@ from bifrost.protocol import (
     interpret_frame,
     subscribed_reply,
 )
+from bifrost.rules.text import printable
+from bifrost.rules.tokens import TokenRejected
 from bifrost.service import Service, service_of
-from bifrost.text import printable
-from bifrost.tokens import TokenRejected
 
 __all__ = ["subscribe_bp"]
 

@@ -15,9 +15,9 @@ import jwt
 import orjson
 from jwt.algorithms import HMACAlgorithm
 
-from bifrost.keys import HMAC_ALGORITHMS, PublicKey
-from bifrost.settings import Settings
-from bifrost.text import is_utf8_text, printable
+from bifrost.rules.keys import HMAC_ALGORITHMS, PublicKey
+from bifrost.rules.settings import Settings
+from bifrost.rules.text import is_utf8_text, printable
 
 __all__ = [
     "BAD_SIGNATURE",

@@ -34,10 +34,10 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from bifrost.broker import Broker, BrokerUnavailable, Totals
-from bifrost.protocol import text_frame
-from bifrost.registry import ChannelRegistry
-from bifrost.subscription_book import SubscriptionBook
+from bifrost.brokers.base import Broker, BrokerUnavailable, Totals
+from bifrost.rules.protocol import text_frame
+from bifrost.rules.registry import ChannelRegistry
+from bifrost.rules.subscription_book import SubscriptionBook
 
 __all__ = [
     "HEARTBEAT_INTERVAL",

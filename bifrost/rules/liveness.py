@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bifrost.protocol import AUTHENTICATION_TIMEOUT, IDLE_TIMEOUT, Close
+from bifrost.rules.protocol import AUTHENTICATION_TIMEOUT, IDLE_TIMEOUT, Close
 
 __all__ = ["SEND_PING", "Liveness", "SendPing", "liveness_verdict"]
 

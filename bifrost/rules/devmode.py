@@ -11,8 +11,8 @@ import time
 
 import jwt
 
-from bifrost.keys import HMAC_ALGORITHMS
-from bifrost.settings import Settings
+from bifrost.rules.keys import HMAC_ALGORITHMS
+from bifrost.rules.settings import Settings
 
 __all__ = ["DEMO_CHANNEL", "NoSigningAlgorithm", "first_steps", "pages_line", "signing_algorithm"]
 

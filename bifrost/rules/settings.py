@@ -16,7 +16,7 @@ from typing import TypeVar
 
 from dotenv import dotenv_values
 
-from bifrost.keys import (
+from bifrost.rules.keys import (
     ASYMMETRIC_ALGORITHMS,
     HMAC_ALGORITHMS,
     KNOWN_ALGORITHMS,

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bifrost.protocol import text_frame
-from bifrost.registry import ChannelRegistry
+from bifrost.rules.protocol import text_frame
+from bifrost.rules.registry import ChannelRegistry
 
 __all__ = ["Broker", "BrokerUnavailable", "LocalBroker", "Totals"]
 

@@ -1,0 +1,1 @@
+"""How a broadcast reaches every process with subscribers: in-process, or through Redis."""

@@ -1,0 +1,23 @@
+"""What an application uses to talk to Bifröst: the Python SDK (`sdk`) and the `bifrost`
+command (`cli`). Neither imports the server: an application installs Bifröst for these alone.
+
+`from bifrost.client import BifrostClient` is the SDK's public path.
+"""
+
+from bifrost.client.sdk import (
+    BROADCAST_TTL,
+    DEFAULT_ALGORITHM,
+    BifrostClient,
+    BifrostError,
+    broadcast_claims,
+    token_for,
+)
+
+__all__ = [
+    "BROADCAST_TTL",
+    "DEFAULT_ALGORITHM",
+    "BifrostClient",
+    "BifrostError",
+    "broadcast_claims",
+    "token_for",
+]
