@@ -19,8 +19,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from bifrost import metrics, protocol
+from bifrost import metrics
 from bifrost.limits import REFUSAL_HEADROOM
+from bifrost.rules import protocol
 from bifrost.rules.settings import Settings
 from bifrost.rules.tokens import TokenRejected, TokenVerifier
 from tests.clients import authenticated, post_broadcast
