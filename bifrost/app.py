@@ -19,7 +19,8 @@ from bifrost import __version__
 from bifrost.blueprints import all_blueprints
 from bifrost.blueprints.pages import api_pages_in_development_only
 from bifrost.bounded_http import BifrostSanic
-from bifrost.brokers.base import Broker, LocalBroker
+from bifrost.brokers.base import Broker
+from bifrost.brokers.local import LocalBroker
 from bifrost.connection import CLOSE_HANDSHAKE_TIMEOUT, Subscriber
 from bifrost.errors import JSONErrorHandler
 from bifrost.limits import raise_open_file_limit
@@ -189,12 +190,17 @@ async def close_service(app: Sanic) -> None:
 
 
 def _make_broker(settings: Settings, registry: ChannelRegistry[Subscriber]) -> Broker:
-    """Redis when configured, imported only then; otherwise the in-process broker."""
+    """Redis when configured, imported only then; otherwise the in-process broker.
+
+    Either is handed the registry's fan-out and figures, never the registry itself.
+    """
     if settings.redis_url:
         from bifrost.brokers.redis import RedisBroker
 
-        return RedisBroker(settings.redis_url, settings.redis_prefix, registry)
-    return LocalBroker(registry)
+        return RedisBroker(
+            settings.redis_url, settings.redis_prefix, registry.deliver, registry.figures
+        )
+    return LocalBroker(registry.deliver, registry.figures)
 
 
 def _base_url(app: Sanic) -> str:

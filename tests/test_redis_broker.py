@@ -17,14 +17,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from bifrost.brokers.redis import (
-    HEARTBEAT_INTERVAL,
-    HEARTBEAT_TTL,
-    REPLY_TIMEOUT,
-    Envelope,
-    decode_envelope,
-    encode_envelope,
-)
+from bifrost.brokers.redis import HEARTBEAT_INTERVAL, HEARTBEAT_TTL, REPLY_TIMEOUT
 from tests.clients import authenticated, receive_json
 from tests.delay_proxy import DelayProxy
 from tests.live import BifrostServer, broadcast_token, subscribe_token
@@ -104,15 +97,6 @@ async def close_all(sockets: list[ClientConnection]) -> None:
     await asyncio.gather(*(ws.close() for ws in sockets))
 
 
-def test_envelope_keeps_channels_and_message_bytes_exactly():
-    """An envelope carries any channel name and the message's JSON bytes unchanged."""
-    envelope = Envelope("id1", "node1", ["a\nb", "ü", ""], b'{"event":"x","data":"l1\\nl2"}\n')
-    assert decode_envelope(encode_envelope(envelope)) == envelope
-    for junk in (b"", b"no header", b"[1]\n{}", b'{"id":1,"reply":"n","channels":[]}\n{}'):
-        with pytest.raises(ValueError):
-            decode_envelope(junk)
-
-
 async def test_broadcast_to_one_node_reaches_subscribers_on_another(node: Node):
     """A subscriber on node A receives a broadcast posted to node B, and B counts it."""
     a, b = await started(node, node)
@@ -156,6 +140,25 @@ async def test_deliveries_and_stats_are_totals_over_nodes(node: Node):
 
     await eventually(lambda: figures(a) == figures(b) == (5, 7), HEARTBEAT_LAG, "totals")
     await close_all(on_a + on_b)
+
+
+async def test_a_hash_that_is_no_heartbeat_leaves_stats_answering(
+    node: Node, redis_server: RedisServer
+):
+    """A hash posing as a node's heartbeat without counts is left out: `/info.json` answers
+    200 with the real nodes' totals, not a server error."""
+    a = node()
+    client = redis_server.client()
+    junk = {"connected": "many", "deliveries": "0", "channels": "0", "subscriptions": "0"}
+    client.hset("bifrost:node:impostor", mapping=junk)
+    client.sadd("bifrost:nodes", "impostor")
+    ws = await authenticated(a, ["here"])
+    async with httpx.AsyncClient(base_url=a.url) as http:
+        answer = await http.get("/info.json")
+    assert answer.status_code == 200
+    stats = {"deliveries": 0, "connected": 1, "channels": 1, "subscriptions": 1}
+    assert answer.json() == {"stats": stats}
+    await ws.close()
 
 
 async def test_nodes_subscribe_in_redis_only_to_channels_they_hear(

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from bifrost.rules.registry import ChannelRegistry
+from bifrost.rules.protocol import text_frame
+from bifrost.rules.registry import ChannelRegistry, Totals
 
 
 @dataclass(eq=False)
@@ -33,18 +34,29 @@ def test_first_subscriber_occupies_and_last_vacates():
 
 
 def test_deliver_once_per_socket_and_count():
-    """A frame for several channels reaches each socket once, and each is counted."""
+    """A message for several channels reaches each socket once, framed, and each is counted."""
     registry: ChannelRegistry[FakeSocket] = ChannelRegistry()
     both, only_y, only_x = FakeSocket(), FakeSocket(), FakeSocket()
     for sock, channels in ((both, ["x", "y"]), (only_y, ["y"]), (only_x, ["x"])):
         registry.connect(sock)
         registry.subscribe(sock, channels)
-    assert registry.deliver(["x", "y"], b"f") == 3
-    assert both.received == only_y.received == only_x.received == [b"f"]
+    assert registry.deliver(["x", "y"], b'{"n":1}') == 3
+    assert both.received == only_y.received == only_x.received == [text_frame(b'{"n":1}')]
     assert registry.deliver(["y"], b"g") == 2
     assert registry.deliver(["nobody"], b"h") == 0
-    assert registry.deliveries == 5
-    assert registry.subscription_count == 4
+    assert registry.figures() == Totals(connected=3, deliveries=5, channels=2, subscriptions=4)
+
+
+def test_one_frame_is_built_for_every_socket():
+    """The fan-out builds a message's frame once and hands the same bytes to each socket."""
+    registry: ChannelRegistry[FakeSocket] = ChannelRegistry()
+    sockets = [FakeSocket() for _ in range(3)]
+    for sock in sockets:
+        registry.connect(sock)
+        registry.subscribe(sock, ["x"])
+    registry.deliver(["x"], b"{}")
+    first = sockets[0].received[0]
+    assert all(sock.received[0] is first for sock in sockets)
 
 
 def test_withdrawn_socket_hears_nothing_but_still_counts_as_connected():
@@ -57,7 +69,7 @@ def test_withdrawn_socket_hears_nothing_but_still_counts_as_connected():
     registry.subscribe(closing, ["x", "y"])
     assert registry.withdraw(closing) == ["y"]
     assert registry.deliver(["x", "y"], b"f") == 1
-    assert closing.received == [] and staying.received == [b"f"]
+    assert closing.received == [] and staying.received == [text_frame(b"f")]
     assert registry.connected == 2
     assert registry.disconnect(closing) == []
     assert registry.connected == 1
@@ -78,6 +90,6 @@ def test_a_socket_leaving_during_the_fan_out_does_not_stop_it():
         registry.connect(sock)
         registry.subscribe(sock, ["x"])
     assert registry.deliver(["x"], b"f") == 10
-    assert all(sock.received == [b"f"] for sock in sockets)
+    assert all(sock.received == [text_frame(b"f")] for sock in sockets)
     assert registry.deliver(["x"], b"g") == 9
-    assert leaving.received == [b"f"]
+    assert leaving.received == [text_frame(b"f")]

@@ -1,35 +1,35 @@
-"""The seam between a process and its peers: how a broadcast reaches every subscriber.
+"""The seam between a process and its peers: what a broker is asked, and what it answers.
 
-The blueprints and the registry never know which broker runs. The in-process broker serves
-one worker with no configuration; a broker between workers and nodes implements the same
-verbs and answers the same totals.
+A broker carries a message's JSON to every process with subscribers of its channels and
+reports how many sockets it reached; it holds no socket and builds no frame. It is handed, when
+it is made, the two things of its own process it needs: `deliver`, the local fan-out
+(`ChannelRegistry.deliver`, which frames the message once and writes it to each socket), and
+`figures`, this process's own counts. Unlike encode/broadcaster's backends, whose subscribers
+pull the next message, the broker pushes each message into `deliver` as it arrives: the count
+it returns is what a node answers the publisher with, so that `deliveries` is exact.
+
+The blueprints never know which broker runs: the in-process one (`bifrost.brokers.local`)
+serves one worker with no configuration; the Redis one (`bifrost.brokers.redis`) implements
+the same verbs between workers and nodes and answers the same totals.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Sequence
 
-from bifrost.rules.protocol import text_frame
-from bifrost.rules.registry import ChannelRegistry
+from bifrost.rules.registry import Totals
 
-__all__ = ["Broker", "BrokerUnavailable", "LocalBroker", "Totals"]
+__all__ = ["Broker", "BrokerUnavailable", "Deliver", "Figures", "Totals"]
+
+# The local fan-out: a message's JSON to the sockets of these channels; how many took it.
+Deliver = Callable[[Sequence[str], bytes], int]
+# This process's own connections, deliveries, channels and subscriptions.
+Figures = Callable[[], Totals]
 
 
 class BrokerUnavailable(Exception):
     """The broker cannot take a message now; the sender must hear that it was not delivered."""
-
-
-@dataclass(frozen=True, slots=True)
-class Totals:
-    """Figures summed over every process the broker reaches."""
-
-    connected: int
-    deliveries: int
-    channels: int
-    subscriptions: int
 
 
 class Broker(ABC):
@@ -70,7 +70,7 @@ class Broker(ABC):
 
     @abstractmethod
     async def publish(self, channels: Sequence[str], payload: bytes) -> int:
-        """Deliver a message's JSON to every subscriber of the channels; return how many got it.
+        """Carry a message's JSON to every process's `deliver`; return how many sockets got it.
 
         Raises BrokerUnavailable when the message cannot be carried.
         """
@@ -82,39 +82,3 @@ class Broker(ABC):
     def unavailable_reason(self) -> str | None:
         """Why the broker cannot carry messages right now, or None when it can."""
         return None
-
-
-class LocalBroker(Broker):
-    """The broker of a single process: a broadcast goes straight to the local registry."""
-
-    follows_channels = False
-
-    def __init__(self, registry: ChannelRegistry[Any]) -> None:
-        self._registry = registry
-
-    async def start(self) -> None:
-        """Nothing to connect to."""
-
-    async def stop(self) -> None:
-        """Nothing to let go of."""
-
-    def channels_occupied(self, channels: Sequence[str]) -> None:
-        """Every broadcast already reaches the local registry."""
-
-    def channels_vacated(self, channels: Sequence[str]) -> None:
-        """Every broadcast already reaches the local registry."""
-
-    async def wait_subscribed(self, channels: Sequence[str]) -> None:
-        """Every broadcast already reaches the local registry."""
-
-    async def publish(self, channels: Sequence[str], payload: bytes) -> int:
-        return self._registry.deliver(channels, text_frame(payload))
-
-    async def totals(self) -> Totals:
-        registry = self._registry
-        return Totals(
-            connected=registry.connected,
-            deliveries=registry.deliveries,
-            channels=registry.channel_count,
-            subscriptions=registry.subscription_count,
-        )

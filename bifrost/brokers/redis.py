@@ -11,6 +11,11 @@ when a node stops answering.
 
 Figures for `/info.json` come from a heartbeat hash per node that expires, so a node that dies
 without saying goodbye stops counting within `HEARTBEAT_TTL` seconds.
+
+This module is the I/O: connections, tasks, timeouts and reconnection. What the bytes
+exchanged mean (envelopes, answers, copies already seen, the sum of the figures) is decided in
+`bifrost.rules.relay`, and which subscriptions Redis still owes in
+`bifrost.rules.subscription_book`.
 """
 
 from __future__ import annotations
@@ -20,13 +25,11 @@ import contextlib
 import logging
 import random
 import uuid
-from collections import OrderedDict
 from collections.abc import Coroutine, Sequence
-from dataclasses import dataclass
+from functools import partial
 from time import monotonic
 from typing import Any, cast
 
-import orjson
 import redis.asyncio as redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
@@ -34,20 +37,22 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from bifrost.brokers.base import Broker, BrokerUnavailable, Totals
-from bifrost.rules.protocol import text_frame
-from bifrost.rules.registry import ChannelRegistry
+from bifrost.brokers.base import Broker, BrokerUnavailable, Deliver, Figures, Totals
+from bifrost.rules.relay import (
+    Envelope,
+    PendingBroadcast,
+    RedisNames,
+    SeenBroadcasts,
+    cluster_totals,
+    decode_answer,
+    decode_envelope,
+    encode_answer,
+    encode_envelope,
+    heartbeat,
+)
 from bifrost.rules.subscription_book import SubscriptionBook
 
-__all__ = [
-    "HEARTBEAT_INTERVAL",
-    "HEARTBEAT_TTL",
-    "REPLY_TIMEOUT",
-    "Envelope",
-    "RedisBroker",
-    "decode_envelope",
-    "encode_envelope",
-]
+__all__ = ["HEARTBEAT_INTERVAL", "HEARTBEAT_TTL", "REPLY_TIMEOUT", "RedisBroker"]
 
 logger = logging.getLogger("bifrost.redis")
 
@@ -66,89 +71,25 @@ HEARTBEAT_TTL = 3
 # The set naming every node outlives its members, and vanishes once a deployment is gone.
 NODES_TTL = 60
 RECONNECT_BACKOFF = (0.1, 0.2, 0.5, 1.0)
-# Copies of one broadcast arrive together; this many ids is ample to recognise the others.
-REMEMBERED_BROADCASTS = 10_000
 
 REDIS_FAILURES = (RedisError, OSError, TimeoutError)
 CONNECTING = "connecting to Redis"
-FIGURES = ("connected", "deliveries", "channels", "subscriptions")
-
-
-@dataclass(frozen=True, slots=True)
-class Envelope:
-    """One broadcast as it travels between nodes."""
-
-    id: str
-    reply: str
-    channels: list[str]
-    payload: bytes
-
-
-def encode_envelope(envelope: Envelope) -> bytes:
-    """A JSON header line, then the message's JSON untouched (never decoded and re-encoded)."""
-    header = {"id": envelope.id, "reply": envelope.reply, "channels": envelope.channels}
-    return orjson.dumps(header) + b"\n" + envelope.payload
-
-
-def decode_envelope(data: bytes) -> Envelope:
-    """The envelope in `data`; ValueError when it is not one."""
-    header_line, newline, payload = data.partition(b"\n")
-    header = orjson.loads(header_line) if newline else None
-    if not isinstance(header, dict):
-        raise ValueError("not a broadcast envelope")
-    broadcast_id, reply, channels = header.get("id"), header.get("reply"), header.get("channels")
-    if not (
-        isinstance(broadcast_id, str)
-        and isinstance(reply, str)
-        and isinstance(channels, list)
-        and all(isinstance(c, str) for c in channels)
-    ):
-        raise ValueError("broadcast envelope without id, reply and channels")
-    return Envelope(broadcast_id, reply, channels, payload)
-
-
-class _PendingBroadcast:
-    """A publisher's wait for the answers of the nodes its broadcast reached."""
-
-    __slots__ = ("answered", "deliveries", "done", "expected", "lost")
-
-    def __init__(self) -> None:
-        self.expected: int | None = None
-        self.answered = 0
-        self.deliveries = 0
-        self.lost = False
-        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    def answer(self, deliveries: int) -> None:
-        self.answered += 1
-        self.deliveries += deliveries
-        self._settle()
-
-    def expect(self, copies: int) -> None:
-        self.expected = copies
-        self._settle()
-
-    def give_up(self) -> None:
-        """Redis is lost: no more answers will come."""
-        self.lost = True
-        if not self.done.done():
-            self.done.set_result(None)
-
-    def _settle(self) -> None:
-        if self.expected is not None and self.answered >= self.expected and not self.done.done():
-            self.done.set_result(None)
 
 
 class RedisBroker(Broker):
-    """Carries broadcasts through Redis pub/sub and sums the figures of every node."""
+    """Carries broadcasts through Redis pub/sub and sums the figures of every node.
 
-    def __init__(self, url: str, prefix: str, registry: ChannelRegistry[Any]) -> None:
-        self._prefix = prefix
-        self._registry = registry
+    `deliver` is this process's fan-out and `figures` its own counts (see `bifrost.brokers.base`).
+    """
+
+    def __init__(self, url: str, prefix: str, deliver: Deliver, figures: Figures) -> None:
+        self._names = RedisNames(prefix)
+        self._deliver = deliver
+        self._figures = figures
         self._node = uuid.uuid4().hex
-        self._reply_channel = f"{prefix}reply:{self._node}".encode()
-        self._node_key = f"{prefix}node:{self._node}"
-        self._nodes_key = f"{prefix}nodes"
+        self._reply_channel = self._names.reply(self._node)
+        self._node_key = self._names.node(self._node)
+        self._nodes_key = self._names.nodes
         # The broker reconnects itself, with backoff; redis-py must not retry behind its back
         # (a retried PUBLISH could go out twice, a silently resubscribed listener miss copies).
         options: dict[str, Any] = {
@@ -164,8 +105,9 @@ class RedisBroker(Broker):
         self._unavailable: str | None = CONNECTING
         self._last_error: Exception | None = None
         self._ready: asyncio.Future[None] | None = None
-        self._pending: dict[str, _PendingBroadcast] = {}
-        self._seen: OrderedDict[str, None] = OrderedDict()
+        # Per broadcast of this node awaiting answers, its count and the end of its wait.
+        self._pending: dict[str, tuple[PendingBroadcast, asyncio.Future[None]]] = {}
+        self._seen = SeenBroadcasts()
         self._answers: asyncio.Queue[tuple[bytes, bytes]] = asyncio.Queue()
         self._answerer: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -186,7 +128,7 @@ class RedisBroker(Broker):
 
     async def stop(self) -> None:
         """Let broadcasts in flight hear their answers, then say goodbye to the other nodes."""
-        in_flight = [p.done for p in self._pending.values() if not p.done.done()]
+        in_flight = [done for _, done in self._pending.values() if not done.done()]
         if in_flight:
             await asyncio.wait(in_flight, timeout=REPLY_TIMEOUT)
         for task in self._tasks:
@@ -214,18 +156,18 @@ class RedisBroker(Broker):
 
     def channels_occupied(self, channels: Sequence[str]) -> None:
         """Subscribe to the channels in one command; `wait_subscribed` waits for its answer."""
-        keys = self._book.occupy(self._channel_key(c) for c in channels)
+        keys = self._book.occupy(self._names.channel(c) for c in channels)
         self._send("SUBSCRIBE", keys)
 
     def channels_vacated(self, channels: Sequence[str]) -> None:
-        keys, abandoned = self._book.vacate(self._channel_key(c) for c in channels)
+        keys, abandoned = self._book.vacate(self._names.channel(c) for c in channels)
         self._send("UNSUBSCRIBE", keys)
         for waiter in abandoned:
             waiter.cancel()
 
     async def wait_subscribed(self, channels: Sequence[str]) -> None:
         """Wait until Redis confirms every channel, so that a broadcast sent next is heard."""
-        waiters = self._book.waiters(self._channel_key(c) for c in channels)
+        waiters = self._book.waiters(self._names.channel(c) for c in channels)
         if not waiters:
             return
         done, late = await asyncio.wait(set(waiters), timeout=COMMAND_TIMEOUT)
@@ -245,20 +187,22 @@ class RedisBroker(Broker):
             raise BrokerUnavailable(self._unavailable)
         envelope = Envelope(uuid.uuid4().hex, self._node, list(channels), payload)
         data = encode_envelope(envelope)
-        pending = self._pending[envelope.id] = _PendingBroadcast()
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        pending = PendingBroadcast(on_settled=partial(done.set_result, None))
+        self._pending[envelope.id] = (pending, done)
         try:
             try:
                 async with asyncio.timeout(COMMAND_TIMEOUT):
                     pipe = self._commands.pipeline(transaction=False)
                     for channel in envelope.channels:
-                        pipe.publish(self._channel_key(channel), data)
+                        pipe.publish(self._names.channel(channel), data)
                     copies = sum(await pipe.execute())
             except REDIS_FAILURES as error:
                 logger.warning("Redis did not take broadcast %s: %s", envelope.id, error)
                 raise BrokerUnavailable("Redis did not take the message") from None
             pending.expect(copies)
             try:
-                await asyncio.wait_for(asyncio.shield(pending.done), REPLY_TIMEOUT)
+                await asyncio.wait_for(asyncio.shield(done), REPLY_TIMEOUT)
             except TimeoutError:
                 logger.warning(
                     "broadcast %s: %d of %d copies answered within %g s",
@@ -267,7 +211,7 @@ class RedisBroker(Broker):
                     copies,
                     REPLY_TIMEOUT,
                 )
-            if pending.lost and pending.answered < copies:
+            if pending.lost and not pending.complete:
                 if not pending.answered:
                     raise BrokerUnavailable("Redis was lost before any node confirmed delivery")
                 logger.warning(
@@ -283,34 +227,29 @@ class RedisBroker(Broker):
 
     async def totals(self) -> Totals:
         """This node's live figures, plus every other node's latest heartbeat."""
-        local = self._local_figures()
-        figures = [local]
+        heartbeats: list[dict[bytes, bytes]] = []
         if self._unavailable is None:
             try:
                 async with asyncio.timeout(COMMAND_TIMEOUT):
-                    figures += await self._other_nodes_figures()
+                    heartbeats = await self._other_nodes_heartbeats()
             except REDIS_FAILURES as error:
                 logger.warning("figures of the other nodes unavailable: %s", error)
-        return Totals(**{name: sum(f[name] for f in figures) for name in FIGURES})
+        return cluster_totals(self._figures(), heartbeats)
 
-    async def _other_nodes_figures(self) -> list[dict[str, int]]:
-        """The figures of every other node whose heartbeat has not expired; forget the rest."""
+    async def _other_nodes_heartbeats(self) -> list[dict[bytes, bytes]]:
+        """The heartbeat of every other node that has not expired; forget the rest."""
         members = cast("set[bytes]", await self._commands.smembers(self._nodes_key))
         nodes = [node.decode() for node in members if node.decode() != self._node]
         if not nodes:
             return []
         pipe = self._commands.pipeline(transaction=False)
         for node in nodes:
-            pipe.hgetall(f"{self._prefix}node:{node}")
-        heartbeats = await pipe.execute()
+            pipe.hgetall(self._names.node(node))
+        heartbeats: list[dict[bytes, bytes]] = await pipe.execute()
         gone = [node for node, values in zip(nodes, heartbeats, strict=True) if not values]
         if gone:
             await self._commands.srem(self._nodes_key, *gone)
-        return [
-            {name: int(values.get(name.encode(), 0)) for name in FIGURES}
-            for values in heartbeats
-            if values
-        ]
+        return [values for values in heartbeats if values]
 
     # -- the listener: one pub/sub connection, reconnected with backoff ---------------------
 
@@ -403,34 +342,30 @@ class RedisBroker(Broker):
             logger.warning("ignored a message on %r: %s", channel, error)
             return
         delivered = 0
-        if envelope.id not in self._seen:
-            self._seen[envelope.id] = None
-            if len(self._seen) > REMEMBERED_BROADCASTS:
-                self._seen.popitem(last=False)
-            delivered = self._registry.deliver(envelope.channels, text_frame(envelope.payload))
+        if self._seen.first_copy(envelope.id):
+            delivered = self._deliver(envelope.channels, envelope.payload)
         if envelope.reply == self._node:
             self._count_answer(envelope.id, delivered)
         else:
-            reply_channel = f"{self._prefix}reply:{envelope.reply}".encode()
-            self._answers.put_nowait((reply_channel, f"{envelope.id} {delivered}".encode()))
+            answer = encode_answer(envelope.id, delivered)
+            self._answers.put_nowait((self._names.reply(envelope.reply), answer))
 
     def _take_answer(self, data: bytes) -> None:
         try:
-            broadcast_id, delivered = data.decode().split()
-            self._count_answer(broadcast_id, int(delivered))
+            broadcast_id, delivered = decode_answer(data)
         except ValueError:
             logger.warning("ignored a malformed answer: %r", data[:100])
+            return
+        self._count_answer(broadcast_id, delivered)
 
     def _count_answer(self, broadcast_id: str, delivered: int) -> None:
-        pending = self._pending.get(broadcast_id)
-        if pending is not None:  # else the publisher stopped waiting
-            pending.answer(delivered)
+        entry = self._pending.get(broadcast_id)
+        if entry is not None:  # else the publisher stopped waiting
+            entry[0].answer(delivered)
 
     def _available(self) -> None:
         if self._unavailable != CONNECTING:
-            logger.warning(
-                "Redis is back; resubscribed to %d channels", self._registry.channel_count
-            )
+            logger.warning("Redis is back; resubscribed to %d channels", self._figures().channels)
         self._unavailable = None
         if self._ready is not None and not self._ready.done():
             self._ready.set_result(None)
@@ -441,7 +376,7 @@ class RedisBroker(Broker):
         if self._unavailable is None:
             logger.error("lost Redis: %s", error or reason)
         self._unavailable = reason
-        for pending in self._pending.values():
+        for pending, _ in self._pending.values():
             pending.give_up()
 
     # -- the answers to other publishers, batched into one round trip ---------------------
@@ -470,27 +405,13 @@ class RedisBroker(Broker):
             with contextlib.suppress(*REDIS_FAILURES):  # the listener reports Redis lost
                 async with asyncio.timeout(COMMAND_TIMEOUT):
                     pipe = self._commands.pipeline(transaction=True)
-                    figures: dict[Any, Any] = self._local_figures()
+                    figures: dict[Any, Any] = heartbeat(self._figures())
                     pipe.hset(self._node_key, mapping=figures)
                     pipe.expire(self._node_key, HEARTBEAT_TTL)
                     pipe.sadd(self._nodes_key, self._node)
                     pipe.expire(self._nodes_key, NODES_TTL)
                     await pipe.execute()
             await asyncio.sleep(HEARTBEAT_INTERVAL)
-
-    def _local_figures(self) -> dict[str, int]:
-        registry = self._registry
-        return {
-            "connected": registry.connected,
-            "deliveries": registry.deliveries,
-            "channels": registry.channel_count,
-            "subscriptions": registry.subscription_count,
-        }
-
-    def _channel_key(self, channel: str) -> bytes:
-        """The channel's pub/sub key; a lone surrogate a token carried passes through, since
-        this runs while a socket's frame is handled, where nothing may raise."""
-        return f"{self._prefix}channel:{channel}".encode(errors="surrogatepass")
 
 
 async def _until_one_fails(*loops: Coroutine[Any, Any, None]) -> None:

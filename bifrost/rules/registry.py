@@ -1,21 +1,37 @@
-"""Which sockets listen to which channels, and the fan-out of one frame to them.
+"""Which sockets listen to which channels, and the fan-out of a message to them.
 
 No Sanic and no asyncio here: the registry only needs listeners that take bytes, so that its
 bookkeeping (first subscriber of a channel, last one leaving, one delivery per socket) is
 unit-tested with plain objects.
 
-The fan-out is the hot path: one broadcast to 2,000 sockets is 2,000 iterations of it. Each
-channel therefore maps its sockets straight to their transports' `write`, and a socket that
-starts closing leaves its channels at once, so that the loop checks nothing per socket: every
-socket still in a channel is open and takes the frame.
+The fan-out is the hot path: one broadcast to 2,000 sockets is 2,000 iterations of it. The
+message's websocket frame is therefore built here, once, next to the loop (the brokers carry
+the message's JSON and never see a frame), each channel maps its sockets straight to their
+transports' `write`, and a socket that starts closing leaves its channels at once, so that
+the loop checks nothing per socket: every socket still in a channel is open and takes the
+frame.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
-__all__ = ["ChannelRegistry", "Listener"]
+from bifrost.rules.protocol import text_frame
+
+__all__ = ["ChannelRegistry", "Listener", "Totals"]
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    """Connections, deliveries, channels and subscriptions: of one process, or summed over
+    every process a broker reaches (what `/info.json` answers)."""
+
+    connected: int
+    deliveries: int
+    channels: int
+    subscriptions: int
 
 
 class Listener(Protocol):
@@ -52,6 +68,15 @@ class ChannelRegistry(Generic[L]):
     def subscription_count(self) -> int:
         """Socket-channel pairs."""
         return sum(len(listeners) for listeners in self._channels.values())
+
+    def figures(self) -> Totals:
+        """This process's own figures, which a broker adds to those of the others."""
+        return Totals(
+            connected=len(self._listeners),
+            deliveries=self.deliveries,
+            channels=len(self._channels),
+            subscriptions=self.subscription_count,
+        )
 
     def listeners(self) -> list[L]:
         """A snapshot of every socket, safe to walk while sockets come and go."""
@@ -95,12 +120,14 @@ class ChannelRegistry(Generic[L]):
         self._listeners.discard(listener)
         return self.withdraw(listener)
 
-    def deliver(self, channels: Sequence[str], frame: bytes) -> int:
-        """Hand one frame to every socket of the channels, once per socket; return how many.
+    def deliver(self, channels: Sequence[str], payload: bytes) -> int:
+        """Hand a message's JSON to every socket of the channels, once per socket, as one
+        text frame built once for all of them; return how many sockets took it.
 
         The loop walks a copy: a write that takes a socket over its backlog bound closes it,
         and a closing socket leaves its channels there and then.
         """
+        frame = text_frame(payload)
         if len(channels) == 1:
             members = self._channels.get(channels[0])
             writes = list(members.values()) if members else []

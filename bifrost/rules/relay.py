@@ -1,0 +1,198 @@
+"""What the nodes of the Redis broker say to each other, and how they count it.
+
+No Redis and no asyncio here, so that these rules are unit-tested with plain values: the
+broker (`bifrost.brokers.redis`) does the I/O and asks this module what the bytes mean.
+
+- A broadcast travels as an envelope (id, channels, publisher, message) published on each
+  channel it names.
+- A node that gets several copies of one broadcast (it hears several of its channels)
+  delivers the first and answers the others with zero: it remembers the latest ids it saw.
+- Each copy is answered on the publisher's reply channel with `"<id> <sockets reached>"`;
+  the publisher waits for as many answers as PUBLISH said copies went out.
+- `/info.json` adds this node's figures to the heartbeat hash of every other node.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, fields
+
+import orjson
+
+from bifrost.rules.registry import Totals
+
+__all__ = [
+    "REMEMBERED_BROADCASTS",
+    "Envelope",
+    "PendingBroadcast",
+    "RedisNames",
+    "SeenBroadcasts",
+    "cluster_totals",
+    "decode_answer",
+    "decode_envelope",
+    "encode_answer",
+    "encode_envelope",
+    "heartbeat",
+]
+
+# Copies of one broadcast arrive together; this many ids is ample to recognise the others.
+REMEMBERED_BROADCASTS = 10_000
+
+_FIGURES = tuple(figure.name for figure in fields(Totals))
+
+
+@dataclass(frozen=True, slots=True)
+class RedisNames:
+    """The keys and pub/sub channels of one deployment, all under its prefix."""
+
+    prefix: str
+
+    def channel(self, channel: str) -> bytes:
+        """The channel's pub/sub key; a lone surrogate a token carried passes through, since
+        this runs while a socket's frame is handled, where nothing may raise."""
+        return f"{self.prefix}channel:{channel}".encode(errors="surrogatepass")
+
+    def reply(self, node: str) -> bytes:
+        """The pub/sub channel where a node hears the answers to its broadcasts."""
+        return f"{self.prefix}reply:{node}".encode()
+
+    def node(self, node: str) -> str:
+        """The hash holding a node's heartbeat figures."""
+        return f"{self.prefix}node:{node}"
+
+    @property
+    def nodes(self) -> str:
+        """The set naming every node whose heartbeat may be read."""
+        return f"{self.prefix}nodes"
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """One broadcast as it travels between nodes."""
+
+    id: str
+    reply: str
+    channels: list[str]
+    payload: bytes
+
+
+def encode_envelope(envelope: Envelope) -> bytes:
+    """A JSON header line, then the message's JSON untouched (never decoded and re-encoded)."""
+    header = {"id": envelope.id, "reply": envelope.reply, "channels": envelope.channels}
+    return orjson.dumps(header) + b"\n" + envelope.payload
+
+
+def decode_envelope(data: bytes) -> Envelope:
+    """The envelope in `data`; ValueError when it is not one."""
+    header_line, newline, payload = data.partition(b"\n")
+    header = orjson.loads(header_line) if newline else None
+    if not isinstance(header, dict):
+        raise ValueError("not a broadcast envelope")
+    broadcast_id, reply, channels = header.get("id"), header.get("reply"), header.get("channels")
+    if not (
+        isinstance(broadcast_id, str)
+        and isinstance(reply, str)
+        and isinstance(channels, list)
+        and all(isinstance(c, str) for c in channels)
+    ):
+        raise ValueError("broadcast envelope without id, reply and channels")
+    return Envelope(broadcast_id, reply, channels, payload)
+
+
+def encode_answer(broadcast_id: str, delivered: int) -> bytes:
+    """A node's answer to one copy of a broadcast: its id and the sockets the node reached."""
+    return f"{broadcast_id} {delivered}".encode()
+
+
+def decode_answer(data: bytes) -> tuple[str, int]:
+    """The broadcast id and count of an answer; ValueError when it is not one."""
+    broadcast_id, delivered = data.decode().split()
+    if not (delivered.isascii() and delivered.isdigit()):
+        raise ValueError(f"not a count of sockets: {delivered!r}")
+    return broadcast_id, int(delivered)
+
+
+class SeenBroadcasts:
+    """The ids of the latest broadcasts delivered here, to recognise their other copies."""
+
+    __slots__ = ("_ids", "_remembered")
+
+    def __init__(self, remembered: int = REMEMBERED_BROADCASTS) -> None:
+        self._ids: OrderedDict[str, None] = OrderedDict()
+        self._remembered = remembered
+
+    def first_copy(self, broadcast_id: str) -> bool:
+        """Whether this is the first copy of the broadcast to arrive; remember it if so."""
+        if broadcast_id in self._ids:
+            return False
+        self._ids[broadcast_id] = None
+        if len(self._ids) > self._remembered:
+            self._ids.popitem(last=False)
+        return True
+
+
+class PendingBroadcast:
+    """A publisher's count of the answers to one of its broadcasts.
+
+    It settles, calling `on_settled` once, when every copy PUBLISH handed out has been
+    answered, or when Redis is lost and no more answers can come; the broker turns that into
+    the end of its wait (an asyncio future, which this module knows nothing of).
+    """
+
+    __slots__ = ("_on_settled", "answered", "deliveries", "expected", "lost", "settled")
+
+    def __init__(self, on_settled: Callable[[], object]) -> None:
+        self._on_settled = on_settled
+        self.expected: int | None = None
+        self.answered = 0
+        self.deliveries = 0
+        self.lost = False
+        self.settled = False
+
+    @property
+    def complete(self) -> bool:
+        """Whether every copy has been answered: `deliveries` is then exact."""
+        return self.expected is not None and self.answered >= self.expected
+
+    def expect(self, copies: int) -> None:
+        """PUBLISH said how many copies went out: as many answers are owed."""
+        self.expected = copies
+        if self.complete:
+            self._settle()
+
+    def answer(self, deliveries: int) -> None:
+        """One node answered one copy with the sockets it reached."""
+        self.answered += 1
+        self.deliveries += deliveries
+        if self.complete:
+            self._settle()
+
+    def give_up(self) -> None:
+        """Redis is lost: no more answers will come."""
+        self.lost = True
+        self._settle()
+
+    def _settle(self) -> None:
+        if not self.settled:
+            self.settled = True
+            self._on_settled()
+
+
+def heartbeat(figures: Totals) -> dict[str, int]:
+    """A node's figures as the fields of its heartbeat hash."""
+    return {name: getattr(figures, name) for name in _FIGURES}
+
+
+def cluster_totals(local: Totals, heartbeats: Iterable[Mapping[bytes, bytes]]) -> Totals:
+    """This node's figures plus those of every other node's heartbeat hash.
+
+    A hash that is not a heartbeat (a field missing or not a count: written by something
+    else under the prefix) counts for nothing rather than failing `/info.json`.
+    """
+    figures = [local]
+    for values in heartbeats:
+        counts = [values.get(name.encode(), b"") for name in _FIGURES]
+        if all(count.isascii() and count.isdigit() for count in counts):
+            figures.append(Totals(*(int(count) for count in counts)))
+    return Totals(*(sum(getattr(f, name) for f in figures) for name in _FIGURES))
