@@ -26,7 +26,6 @@ from bifrost.rules.protocol import (
     PONG,
     TRY_AGAIN_LATER,
     Authenticate,
-    Close,
     ErrorReply,
     Ignore,
     Pong,
@@ -113,7 +112,7 @@ class Subscriptions:
         self._service.registry.connect(subscriber)
         return subscriber
 
-    def message_received(self, subscriber: Subscriber, message: str | bytes) -> None:
+    def message_received(self, subscriber: Subscriber, message: str) -> None:
         """Carry out what one message asks."""
         match interpret_frame(message):
             case Authenticate(token=token):
@@ -124,9 +123,6 @@ class Subscriptions:
                 subscriber.send(error_reply(reason))
             case Ignore():
                 pass
-            case Close() as close:
-                logger.info("closing socket of %s: %s", subscriber.peer, close.reason)
-                subscriber.close(close)
 
     def closing(self, subscriber: Subscriber) -> None:
         """Take the socket out of its channels; it counts as connected until it is gone."""
