@@ -12,15 +12,16 @@ from time import monotonic
 from typing import Any
 
 from sanic import Blueprint, Request, Sanic
-from sanic.response import HTTPResponse, json
+from sanic.response import HTTPResponse
 from sanic_ext import openapi
 from websockets.server import ServerProtocol
 
 from bifrost import metrics
-from bifrost.bounded_http import close_after_answer, open_connections
+from bifrost.bounded_http import open_connections
 from bifrost.brokers.base import BrokerUnavailable
 from bifrost.connection import Subscriber
-from bifrost.handshake import upgrade
+from bifrost.handshake import refuse, upgrade
+from bifrost.rules.admission import admission_refusal
 from bifrost.rules.protocol import (
     NOT_AUTHORIZED,
     PONG,
@@ -34,7 +35,6 @@ from bifrost.rules.protocol import (
     interpret_frame,
     subscribed_reply,
 )
-from bifrost.rules.text import printable
 from bifrost.rules.tokens import TokenRejected
 from bifrost.service import Service, service_of
 
@@ -56,22 +56,14 @@ async def admit_handshake(request: Request) -> HTTPResponse | None:
     """Refuse a handshake before it upgrades: foreign origins, a full or a stopping process."""
     service = service_of(request.app)
     settings = service.settings
-    origin = request.headers.get("origin")
-    if settings.allowed_origins and origin and origin.rstrip("/") not in settings.allowed_origins:
-        logger.info("refused handshake from origin %s", printable(origin))
-        metrics.handshake_refused("origin")
-        return json({"error": "Origin not allowed"}, status=403)
-    if service.stopping.is_set():
-        # Its sockets are being closed with 1012: the client must go to a live instance.
-        metrics.handshake_refused("stopping")
-        return json({"error": "Shutting down, try another instance"}, status=503)
-    if open_connections(request) > settings.max_connections:
-        # Closed once answered, so that it does not go on counting as open.
-        logger.warning("refused handshake: %d connections open", settings.max_connections)
-        metrics.handshake_refused("full")
-        close_after_answer(request)
-        return json({"error": "Too many connections, try another instance"}, status=503)
-    return None
+    refusal = admission_refusal(
+        origin=request.headers.get("origin"),
+        allowed_origins=settings.allowed_origins,
+        stopping=service.stopping.is_set(),
+        open_connections=open_connections(request),
+        max_connections=settings.max_connections,
+    )
+    return None if refusal is None else refuse(request, refusal)
 
 
 @subscribe_bp.get("/subscribe")
