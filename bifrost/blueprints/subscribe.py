@@ -1,6 +1,8 @@
 """`GET /subscribe`: the websocket browsers hold open to hear their channels.
 
-A thin shell: `bifrost.rules.protocol` decides what each frame means, this module carries it out.
+A thin shell: `bifrost.rules.admission` decides whether a handshake is let on, and
+`bifrost.rules.protocol` what each message asks; this module carries it out. The registry says
+which channels gain their first socket or lose their last, and the broker is told in that step.
 """
 
 from __future__ import annotations

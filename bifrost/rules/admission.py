@@ -11,7 +11,7 @@ so that every refusal's status, reason and headers is unit-tested without a serv
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
 from bifrost.rules.text import printable
@@ -56,7 +56,7 @@ class Refusal:
 
     status: int
     reason: str
-    headers: Mapping[str, str] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)
     # The `reason` label of `bifrost_handshakes_refused_total`, for refusals an operator counts.
     metric_reason: str | None = None
     # What the log says of it, at `log_level`; None for refusals only the client hears of.
