@@ -28,7 +28,7 @@ from sanic.http import Http, Stage
 from sanic.server import HttpProtocol
 
 from bifrost import metrics
-from bifrost.limits import REFUSAL_HEADROOM
+from bifrost.rules.admission import REFUSAL_HEADROOM, closed_unanswered
 from bifrost.service import service_of
 
 __all__ = ["BifrostSanic", "BoundedHttpProtocol", "close_after_answer", "open_connections"]
@@ -64,8 +64,9 @@ class BoundedHttpProtocol(HttpProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        ceiling = service_of(self.app).settings.max_connections + REFUSAL_HEADROOM
-        if _open_connections(self) > ceiling:
+        max_connections = service_of(self.app).settings.max_connections
+        if closed_unanswered(_open_connections(self), max_connections):
+            ceiling = max_connections + REFUSAL_HEADROOM
             logger.warning("closed connection unanswered: %d connections open", ceiling)
             metrics.http_connection_closed("overflow")
             self.close()

@@ -4,8 +4,9 @@ Sanic's own websocket keeps two tasks, a lock, a frame queue and several futures
 and hands every chunk a client sends to a task of its own with no back-pressure: a socket
 cost about 25 KiB, and a client writing frames faster than its handler read them grew that
 queue without bound before any rate limit could see them. Here a socket is one object: the
-`websockets` library's sans-I/O parser fed straight from the transport, every frame counted
-against the socket's budget the moment it is parsed, and replies written synchronously.
+`websockets` library's sans-I/O parser fed straight from the transport, every frame handed
+the moment it is parsed to `bifrost.rules.protocol.ClientFrames`, which counts it against the
+socket's budget and says what it comes to, and replies written synchronously.
 
 Frames go out whole with one synchronous `transport.write`, which cannot interleave with
 another frame. The transport's high-water mark is the slow-consumer bound: the write that
@@ -21,14 +22,12 @@ import secrets
 from time import monotonic
 from typing import Protocol
 
-from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from bifrost.metrics import socket_closed_by_server
 from bifrost.rules.liveness import Liveness
-from bifrost.rules.protocol import INVALID_TEXT, RATE_LIMIT, SLOW_CONSUMER, Close
-from bifrost.rules.ratelimit import FrameBudget
+from bifrost.rules.protocol import RATE_LIMIT, SLOW_CONSUMER, ClientFrames, Close
 
 __all__ = ["CLOSE_HANDSHAKE_TIMEOUT", "SocketEvents", "Subscriber"]
 
@@ -38,15 +37,14 @@ logger = logging.getLogger("bifrost.connection")
 # the connection is dropped; until then the socket still counts as connected.
 CLOSE_HANDSHAKE_TIMEOUT = 2.0
 
-DATA_OPCODES = (Opcode.TEXT, Opcode.BINARY, Opcode.CONT)
 READ_SLICE_BYTES = 4096
 
 
 class SocketEvents(Protocol):
     """What a socket reports to the code that gives its messages a meaning."""
 
-    def message_received(self, subscriber: Subscriber, message: str | bytes) -> None:
-        """A whole message arrived: text as `str`, binary as `bytes`."""
+    def message_received(self, subscriber: Subscriber, message: str) -> None:
+        """A whole text message arrived (binary messages close the socket with 1003)."""
 
     def closing(self, subscriber: Subscriber) -> None:
         """The socket starts closing: it must hear no more broadcasts."""
@@ -60,11 +58,10 @@ class Subscriber(asyncio.Protocol):
 
     __slots__ = (
         "_events",
+        "_frames",
         "_max_pending",
-        "_partial",
         "_transport",
         "_ws",
-        "budget",
         "channels",
         "closed",
         "liveness",
@@ -87,10 +84,9 @@ class Subscriber(asyncio.Protocol):
         # The registry's fan-out calls this for every broadcast: one bound method, made once.
         self.write = transport.write
         self._max_pending = max_pending_bytes
-        self._partial: tuple[Opcode, list[bytes]] | None = None
+        self._frames = ClientFrames(max_frames_per_second, now)
         self.channels: set[str] = set()
         self.liveness = Liveness(connected_at=now, last_heard=now)
-        self.budget = FrameBudget(max_frames_per_second, now)
         self.closed = False
 
     @property
@@ -188,43 +184,21 @@ class Subscriber(asyncio.Protocol):
             if self.closed:
                 break  # after our close frame, only the peer's answer matters to the parser
             self.liveness.heard(now)
-            if not self.budget.spend(now):
-                logger.info("closing socket of %s: over its frame rate", self.peer)
-                self.close(RATE_LIMIT)
+            received = self._frames.received(frame, now)
+            if received is None:
+                continue
+            if isinstance(received, str):
+                self._events.message_received(self, received)
+                continue
+            logger.info("closing socket of %s: %s", self.peer, received.reason)
+            self.close(received)
+            if received is RATE_LIMIT:
                 # A flooding client is read no further: it costs one slice, not all it writes.
                 self._transport.pause_reading()
-                break
-            if frame.opcode in DATA_OPCODES:
-                self._assemble(frame)
+            break
         if ws.state is not State.OPEN:
             self._closing()  # the parser closed it: the peer's close, or a protocol error
         self._flush()
-
-    def _assemble(self, frame: Frame) -> None:
-        """Join a fragmented message; the parser already bounds its total size."""
-        if frame.opcode is Opcode.CONT:
-            if self._partial is None:
-                return  # the parser refuses a continuation without a start
-            opcode, fragments = self._partial
-            fragments.append(frame.data)
-            if not frame.fin:
-                return
-            self._partial = None
-            payload = b"".join(fragments)
-        elif not frame.fin:
-            self._partial = (frame.opcode, [frame.data])
-            return
-        else:
-            opcode, payload = frame.opcode, bytes(frame.data)
-        if opcode is Opcode.BINARY:
-            self._events.message_received(self, payload)
-            return
-        try:
-            message = payload.decode()
-        except UnicodeDecodeError:
-            self.close(INVALID_TEXT)
-            return
-        self._events.message_received(self, message)
 
     def eof_received(self) -> bool:
         self._ws.receive_eof()

@@ -1,7 +1,8 @@
 """The websocket handshake, answered by the `websockets` library, and the hand-over from Sanic.
 
-Sanic parses the upgrade request and runs the middleware (origin and capacity checks); the
-library validates the request and writes the 101 answer; the connection is then taken from
+Sanic parses the upgrade request and runs the middleware (origin and capacity checks);
+`bifrost.rules.admission` decides every refusal, which `refuse` performs; the library
+validates the request and writes the 101 answer; the connection is then taken from
 Sanic's HTTP protocol and given to the protocol object that serves the socket from then on
 (`bifrost.connection.Subscriber`). Sanic's own websocket machinery is never started, so a
 socket costs one object and no task.
@@ -10,6 +11,7 @@ socket costs one object and no task.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 
 from sanic import Request
@@ -22,28 +24,22 @@ from websockets.http11 import Response
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-from bifrost.rules.text import printable
+from bifrost import metrics
+from bifrost.bounded_http import close_after_answer
+from bifrost.rules.admission import (
+    Refusal,
+    hand_over_refusal,
+    handshake_headers,
+    invalid_header_refusal,
+    library_refusal,
+)
 
-__all__ = ["SocketFactory", "upgrade"]
+__all__ = ["SocketFactory", "refuse", "upgrade"]
+
+# Every refusal is of a `/subscribe` handshake, and logged where an operator looks for them.
+logger = logging.getLogger("bifrost.subscribe")
 
 SocketFactory = Callable[[asyncio.Transport, ServerProtocol], asyncio.Protocol]
-
-# The request headers the library reads to accept a handshake. Only these are handed to it:
-# it refuses any value Sanic takes (a cookie in UTF-8 beyond Latin-1, control characters),
-# and a header the handshake does not read must not make it fail.
-HANDSHAKE_HEADERS = frozenset(
-    {
-        "connection",
-        "upgrade",
-        "sec-websocket-key",
-        "sec-websocket-version",
-        "sec-websocket-extensions",
-        "sec-websocket-protocol",
-        "origin",
-    }
-)
-# The one version of the protocol spoken here: RFC 6455's.
-WEBSOCKET_VERSION = "13"
 
 
 def upgrade(request: Request, serve: SocketFactory, max_frame_bytes: int) -> HTTPResponse | None:
@@ -52,26 +48,23 @@ def upgrade(request: Request, serve: SocketFactory, max_frame_bytes: int) -> HTT
     Returns the JSON error to answer when the request is no valid websocket upgrade, or None
     once the 101 is written and the connection belongs to the new protocol.
     """
-    if request.headers.get("content-length", "0") != "0" or "transfer-encoding" in request.headers:
-        # Its body would be read as frames, or Sanic would try to read it after the hand-over.
-        return json({"error": "A websocket upgrade request has no body"}, status=400)
     transport: asyncio.Transport = request.transport  # type: ignore[assignment]
-    if transport.get_write_buffer_size():
-        # Earlier answers on this connection are still unsent: a client that pipelined
-        # requests and never read them. Taken over now, the socket would start with Sanic's
-        # paused writing, and its slow-consumer bound would never fire.
-        return json({"error": "A websocket upgrade must not follow unread answers"}, status=400)
+    refusal = hand_over_refusal(
+        content_length=request.headers.get("content-length"),
+        transfer_encoding="transfer-encoding" in request.headers,
+        unsent_bytes=transport.get_write_buffer_size(),
+    )
+    if refusal is not None:
+        return refuse(request, refusal)
     # Made open: Sanic has read the request already, so the parser starts at the first frame.
     ws = ServerProtocol(max_size=max_frame_bytes, state=State.OPEN)
     try:
-        read = [(k, v) for k, v in request.headers.items() if k.lower() in HANDSHAKE_HEADERS]
-        headers = Headers(read)
-    except InvalidHeader as refused:
-        reason = printable(f"Failed to open a WebSocket connection: {refused}")
-        return json({"error": reason}, status=400)
+        headers = Headers(handshake_headers(request.headers.items()))
+    except InvalidHeader as error:
+        return refuse(request, invalid_header_refusal(str(error)))
     answer = ws.accept(UpgradeRequest(path=request.path, headers=headers))
     if answer.status_code != 101:
-        return _refusal(answer, ws.handshake_exc)
+        return refuse(request, _library_refusal(answer, ws.handshake_exc))
     http = transport.get_protocol()
     assert isinstance(http, HttpProtocol), "served by Sanic's HTTP/1.1 protocol"
     unread = bytes(http.recv_buffer)
@@ -86,21 +79,26 @@ def upgrade(request: Request, serve: SocketFactory, max_frame_bytes: int) -> HTT
     return None
 
 
-def _refusal(answer: Response, cause: Exception | None) -> HTTPResponse:
-    """The library's refusal of a handshake as a JSON error, with the headers that say how to
-    retry: `Upgrade: websocket` with its 426 for a request that is no upgrade.
+def refuse(request: Request, refusal: Refusal) -> HTTPResponse:
+    """Perform a refusal of the upgrade request: log and count it as it says, and answer it."""
+    if refusal.log is not None:
+        logger.log(refusal.log_level, "%s", refusal.log)
+    if refusal.metric_reason is not None:
+        metrics.handshake_refused(refusal.metric_reason)
+    if refusal.close_connection:
+        close_after_answer(request)
+    return json({"error": refusal.reason}, status=refusal.status, headers=refusal.headers)
 
-    A version other than 13, or none, the library refuses with a plain 400 that names no
-    version; RFC 6455 §4.2.2 wants the versions spoken said in `Sec-WebSocket-Version`, and
-    426 Upgrade Required tells the client that this version of the protocol would succeed.
-    """
-    # The library's reason quotes the header it refuses, as the client sent it.
-    reason = printable(answer.body.decode(errors="replace").strip() or answer.reason_phrase)
-    if isinstance(cause, InvalidHeader) and cause.name == "Sec-WebSocket-Version":
-        headers = {"upgrade": "websocket", "sec-websocket-version": WEBSOCKET_VERSION}
-        return json({"error": reason}, status=426, headers=headers)
-    said = {k: v for k, v in answer.headers.raw_items() if k.lower() == "upgrade"}
-    return json({"error": reason}, status=answer.status_code, headers=said)
+
+def _library_refusal(answer: Response, cause: Exception | None) -> Refusal:
+    """The facts of the library's refusal, for `library_refusal` to answer."""
+    return library_refusal(
+        status=answer.status_code,
+        body=answer.body.decode(errors="replace"),
+        reason_phrase=answer.reason_phrase,
+        refused_header=cause.name if isinstance(cause, InvalidHeader) else None,
+        upgrade=answer.headers.get("Upgrade"),
+    )
 
 
 def _release(http: HttpProtocol) -> None:

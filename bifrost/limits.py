@@ -10,15 +10,14 @@ from __future__ import annotations
 import logging
 import resource
 
-__all__ = ["FILES_BESIDES_SOCKETS", "REFUSAL_HEADROOM", "raise_open_file_limit"]
+from bifrost.rules.admission import REFUSAL_HEADROOM
+
+__all__ = ["FILES_BESIDES_SOCKETS", "raise_open_file_limit"]
 
 logger = logging.getLogger("bifrost")
 
 # Descriptors the process holds besides client sockets: listeners, logs, broker, imports.
 FILES_BESIDES_SOCKETS = 64
-# Connections held past BIFROST_MAX_CONNECTIONS to read their request and answer it 503;
-# connections past these are closed unanswered (`bifrost.bounded_http`).
-REFUSAL_HEADROOM = 64
 
 
 def raise_open_file_limit(max_connections: int) -> int:

@@ -10,7 +10,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from bifrost.limits import REFUSAL_HEADROOM
+from bifrost.rules.admission import REFUSAL_HEADROOM
 from tests.clients import authenticated, post_broadcast, receive_json
 from tests.live import BifrostServer, broadcast_token
 

@@ -46,7 +46,7 @@ class RecordingTransport:
 
 
 class Events:
-    def message_received(self, subscriber: Subscriber, message: str | bytes) -> None:
+    def message_received(self, subscriber: Subscriber, message: str) -> None:
         pass
 
     def closing(self, subscriber: Subscriber) -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import resource
 
-from bifrost.limits import FILES_BESIDES_SOCKETS, REFUSAL_HEADROOM, raise_open_file_limit
+from bifrost.limits import FILES_BESIDES_SOCKETS, raise_open_file_limit
+from bifrost.rules.admission import REFUSAL_HEADROOM
 
 
 def test_soft_limit_is_raised_towards_the_hard_limit():

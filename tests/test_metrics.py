@@ -20,8 +20,8 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from bifrost import metrics
-from bifrost.limits import REFUSAL_HEADROOM
 from bifrost.rules import protocol
+from bifrost.rules.admission import REFUSAL_HEADROOM
 from bifrost.rules.settings import Settings
 from bifrost.rules.tokens import TokenRejected, TokenVerifier
 from tests.clients import authenticated, post_broadcast

@@ -93,3 +93,20 @@ def test_a_socket_leaving_during_the_fan_out_does_not_stop_it():
     assert all(sock.received == [text_frame(b"f")] for sock in sockets)
     assert registry.deliver(["x"], b"g") == 9
     assert leaving.received == [text_frame(b"f")]
+
+
+def test_join_leave_join_reports_each_occupation_and_vacancy():
+    """A channel left by its last socket and joined again is reported vacated, then occupied
+    anew, each time in the step it happens, so that the broker hears them in order."""
+    registry: ChannelRegistry[FakeSocket] = ChannelRegistry()
+    first, second, third = FakeSocket(), FakeSocket(), FakeSocket()
+    for sock in (first, second, third):
+        registry.connect(sock)
+    assert registry.subscribe(first, ["x"]) == ["x"]
+    assert registry.withdraw(first) == ["x"]
+    assert registry.subscribe(second, ["x"]) == ["x"]
+    assert registry.disconnect(first) == [], "a socket already withdrawn vacates nothing again"
+    assert registry.subscribe(third, ["x"]) == [], "a channel held by another is not occupied"
+    assert registry.withdraw(second) == [], "nor vacated while another still hears it"
+    assert registry.withdraw(third) == ["x"]
+    assert registry.channel_count == 0

@@ -1,9 +1,12 @@
-"""The subscription book's rules: which commands go to Redis, and which answer confirms whom."""
+"""The subscription book's rules: which commands go to Redis, and which answer confirms whom;
+with the registry before it, the first-subscriber/last-leaver race of a channel."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from itertools import count
 
+from bifrost.rules.registry import ChannelRegistry
 from bifrost.rules.subscription_book import SubscriptionBook
 
 A, B, C = b"a", b"b", b"c"
@@ -114,3 +117,107 @@ def test_loss_makes_every_wanted_channel_wait_for_the_next_connection():
     assert sorted(book.connect()) == [A, B]
     assert book.answered(A, True) is again_a
     assert book.answered(B, True) is pending_b
+
+
+class Node:
+    """A worker's registry telling its broker's book, as the subscribe blueprint tells the
+    Redis broker: the commands it would send, and what each joining socket waits on."""
+
+    def __init__(self) -> None:
+        self.registry: ChannelRegistry[Socket] = ChannelRegistry()
+        self.book = connected_book()
+        self.sent: list[tuple[str, list[bytes]]] = []
+
+    def join(self, socket: Socket, channels: list[str]) -> list[Waiter]:
+        self.registry.connect(socket)
+        occupied = self.registry.subscribe(socket, channels)
+        keys = self.book.occupy(channel.encode() for channel in occupied)
+        if keys:
+            self.sent.append(("SUBSCRIBE", keys))
+        return self.book.waiters(channel.encode() for channel in channels)
+
+    def leave(self, socket: Socket) -> list[Waiter]:
+        vacated = self.registry.disconnect(socket)
+        keys, abandoned = self.book.vacate(channel.encode() for channel in vacated)
+        if keys:
+            self.sent.append(("UNSUBSCRIBE", keys))
+        return abandoned
+
+
+@dataclass(eq=False)
+class Socket:
+    """A listener that hears nothing: only its channels matter here."""
+
+    channels: set[str] = field(default_factory=set)
+
+    def write(self, frame: bytes) -> None:
+        pass
+
+
+def test_join_leave_join_within_one_round_trip_waits_for_the_last_subscribe():
+    """A channel joined, left and joined again before Redis answers is SUBSCRIBE, UNSUBSCRIBE,
+    SUBSCRIBE in that order; the socket that stays is confirmed by the third answer only."""
+    node = Node()
+    leaving = Socket()
+    [gone] = node.join(leaving, ["x"])
+    assert node.leave(leaving) == []
+    staying = Socket()
+    [waited] = node.join(staying, ["x"])
+    assert node.sent == [("SUBSCRIBE", [b"x"]), ("UNSUBSCRIBE", [b"x"]), ("SUBSCRIBE", [b"x"])]
+    assert waited is not gone
+    assert node.book.answered(b"x", True) is gone
+    assert node.book.answered(b"x", False) is None
+    assert node.book.waiters([b"x"]) == [waited], "still unconfirmed after the UNSUBSCRIBE"
+    assert node.book.answered(b"x", True) is waited
+    assert node.join(Socket(), ["x"]) == [], "a later joiner is subscribed at once"
+    assert len(node.sent) == 3
+
+
+def test_leave_before_the_answer_is_followed_by_an_unsubscribe():
+    """The last socket leaving while its SUBSCRIBE is unanswered is an UNSUBSCRIBE sent behind
+    it, so that Redis ends unsubscribed; the next joiner subscribes afresh."""
+    node = Node()
+    only = Socket()
+    [pending] = node.join(only, ["x"])
+    assert node.leave(only) == [], "the SUBSCRIBE is sent: its answer still comes"
+    assert node.sent == [("SUBSCRIBE", [b"x"]), ("UNSUBSCRIBE", [b"x"])]
+    assert node.book.answered(b"x", True) is pending
+    assert node.book.answered(b"x", False) is None
+    node.join(Socket(), ["x"])
+    assert node.sent[-1] == ("SUBSCRIBE", [b"x"])
+
+
+def test_join_leave_join_leave_within_one_round_trip_ends_unsubscribed():
+    """Two whole visits within one round trip are four commands in order, and once answered
+    the book holds nothing of the channel: the next joiner subscribes again."""
+    node = Node()
+    for _ in range(2):
+        visitor = Socket()
+        node.join(visitor, ["x"])
+        node.leave(visitor)
+    assert [command for command, _ in node.sent] == [
+        "SUBSCRIBE",
+        "UNSUBSCRIBE",
+        "SUBSCRIBE",
+        "UNSUBSCRIBE",
+    ]
+    for subscribed in (True, False, True, False):
+        node.book.answered(b"x", subscribed)
+    [waiter] = node.join(Socket(), ["x"])
+    assert node.sent[-1] == ("SUBSCRIBE", [b"x"])
+    assert node.book.answered(b"x", True) is waiter
+
+
+def test_join_leave_join_without_a_connection_sends_one_subscribe():
+    """Joined, left and joined again while Redis is away, the channel is one SUBSCRIBE on the
+    next connection, awaited by the socket that stayed; the leaver's wait is abandoned."""
+    numbers = count()
+    node = Node()
+    node.book = SubscriptionBook(lambda: Waiter(next(numbers)))
+    leaving = Socket()
+    [abandoned] = node.join(leaving, ["x"])
+    assert node.leave(leaving) == [abandoned]
+    [waited] = node.join(Socket(), ["x"])
+    assert node.sent == []
+    assert node.book.connect() == [b"x"]
+    assert node.book.answered(b"x", True) is waited

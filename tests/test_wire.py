@@ -101,6 +101,21 @@ async def test_text_that_is_not_utf8_closes_1007(server: BifrostServer):
         peer.close()
 
 
+async def test_fragmented_binary_message_closes_1003_at_its_first_frame(server: BifrostServer):
+    """The first frame of a fragmented binary message closes the socket with 1003: the server
+    does not gather fragments it would only refuse."""
+    peer = await asyncio.to_thread(RawPeer, server)
+    try:
+        await asyncio.to_thread(peer.send, masked_frame(b"\x00" * 1000, Opcode.BINARY, fin=False))
+        close = await asyncio.to_thread(peer.close_frame_received, 5.0)
+        assert close is not None and (close.code, close.reason) == (
+            1003,
+            "Binary frames are not accepted",
+        )
+    finally:
+        peer.close()
+
+
 async def test_flooding_client_is_closed_and_starves_nobody(server: BifrostServer):
     """A client writing frames as fast as it can is closed with 1008 `Rate limit` and read no
     further: the server's memory stays flat, and a subscriber beside it hears every broadcast."""

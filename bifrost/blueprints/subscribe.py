@@ -1,6 +1,8 @@
 """`GET /subscribe`: the websocket browsers hold open to hear their channels.
 
-A thin shell: `bifrost.rules.protocol` decides what each frame means, this module carries it out.
+A thin shell: `bifrost.rules.admission` decides whether a handshake is let on, and
+`bifrost.rules.protocol` what each message asks; this module carries it out. The registry says
+which channels gain their first socket or lose their last, and the broker is told in that step.
 """
 
 from __future__ import annotations
@@ -12,21 +14,21 @@ from time import monotonic
 from typing import Any
 
 from sanic import Blueprint, Request, Sanic
-from sanic.response import HTTPResponse, json
+from sanic.response import HTTPResponse
 from sanic_ext import openapi
 from websockets.server import ServerProtocol
 
 from bifrost import metrics
-from bifrost.bounded_http import close_after_answer, open_connections
+from bifrost.bounded_http import open_connections
 from bifrost.brokers.base import BrokerUnavailable
 from bifrost.connection import Subscriber
-from bifrost.handshake import upgrade
+from bifrost.handshake import refuse, upgrade
+from bifrost.rules.admission import admission_refusal
 from bifrost.rules.protocol import (
     NOT_AUTHORIZED,
     PONG,
     TRY_AGAIN_LATER,
     Authenticate,
-    Close,
     ErrorReply,
     Ignore,
     Pong,
@@ -35,7 +37,6 @@ from bifrost.rules.protocol import (
     interpret_frame,
     subscribed_reply,
 )
-from bifrost.rules.text import printable
 from bifrost.rules.tokens import TokenRejected
 from bifrost.service import Service, service_of
 
@@ -57,22 +58,14 @@ async def admit_handshake(request: Request) -> HTTPResponse | None:
     """Refuse a handshake before it upgrades: foreign origins, a full or a stopping process."""
     service = service_of(request.app)
     settings = service.settings
-    origin = request.headers.get("origin")
-    if settings.allowed_origins and origin and origin.rstrip("/") not in settings.allowed_origins:
-        logger.info("refused handshake from origin %s", printable(origin))
-        metrics.handshake_refused("origin")
-        return json({"error": "Origin not allowed"}, status=403)
-    if service.stopping.is_set():
-        # Its sockets are being closed with 1012: the client must go to a live instance.
-        metrics.handshake_refused("stopping")
-        return json({"error": "Shutting down, try another instance"}, status=503)
-    if open_connections(request) > settings.max_connections:
-        # Closed once answered, so that it does not go on counting as open.
-        logger.warning("refused handshake: %d connections open", settings.max_connections)
-        metrics.handshake_refused("full")
-        close_after_answer(request)
-        return json({"error": "Too many connections, try another instance"}, status=503)
-    return None
+    refusal = admission_refusal(
+        origin=request.headers.get("origin"),
+        allowed_origins=settings.allowed_origins,
+        stopping=service.stopping.is_set(),
+        open_connections=open_connections(request),
+        max_connections=settings.max_connections,
+    )
+    return None if refusal is None else refuse(request, refusal)
 
 
 @subscribe_bp.get("/subscribe")
@@ -113,7 +106,7 @@ class Subscriptions:
         self._service.registry.connect(subscriber)
         return subscriber
 
-    def message_received(self, subscriber: Subscriber, message: str | bytes) -> None:
+    def message_received(self, subscriber: Subscriber, message: str) -> None:
         """Carry out what one message asks."""
         match interpret_frame(message):
             case Authenticate(token=token):
@@ -124,9 +117,6 @@ class Subscriptions:
                 subscriber.send(error_reply(reason))
             case Ignore():
                 pass
-            case Close() as close:
-                logger.info("closing socket of %s: %s", subscriber.peer, close.reason)
-                subscriber.close(close)
 
     def closing(self, subscriber: Subscriber) -> None:
         """Take the socket out of its channels; it counts as connected until it is gone."""
