@@ -149,7 +149,7 @@ class Subscriptions:
             channels = service.verifier.subscribe_channels(token)
         except TokenRejected as rejection:
             logger.info("authentication failed for %s: %s", subscriber.peer, rejection)
-            metrics.authentication_failed("subscribe", str(rejection))
+            metrics.authentication_failed("subscribe", rejection.kind)
             subscriber.close(NOT_AUTHORIZED)
             return
         refusal = channel_total_refusal(
