@@ -29,6 +29,8 @@ from bifrost.rules.devmode import first_steps
 from bifrost.rules.protocol import SERVICE_RESTART
 from bifrost.rules.registry import ChannelRegistry
 from bifrost.rules.settings import (
+    LOCAL_HOST,
+    SERVE_DEFAULTS,
     Settings,
     SettingsError,
     load_settings,
@@ -198,8 +200,8 @@ def _make_broker(settings: Settings, registry: ChannelRegistry[Subscriber]) -> B
 
 
 def _base_url(app: Sanic) -> str:
-    host = app.state.host or "127.0.0.1"
-    port = app.state.port or 8000
+    host = app.state.host or LOCAL_HOST
+    port = app.state.port or SERVE_DEFAULTS.port
     return f"http://{host}:{port}"
 
 
