@@ -1,13 +1,14 @@
-"""The Sanic application: blueprints, settings and the listeners that own the shared state.
+"""The Sanic application: blueprints, settings and the listeners of the app's own state.
 
 `sanic bifrost.app` serves the module-level `app`; tests and embedders call `create_app`.
 Nothing stateful happens at import, because Sanic imports this module afresh in each worker:
-the registry, the broker and the reaper are created when a worker's server starts.
+the registry, the broker and the reaper are created when a worker's server starts, and let go
+of when it stops, after the blueprints have closed what they made with them (the subscribe
+blueprint its sockets, with 1012).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 from typing import Any, NoReturn
@@ -21,15 +22,16 @@ from bifrost.blueprints.pages import api_pages_in_development_only
 from bifrost.bounded_http import BifrostSanic
 from bifrost.brokers.base import Broker
 from bifrost.brokers.local import LocalBroker
-from bifrost.connection import CLOSE_HANDSHAKE_TIMEOUT, Subscriber
+from bifrost.connection import Subscriber
 from bifrost.errors import JSONErrorHandler
 from bifrost.limits import raise_open_file_limit
 from bifrost.logs import configure_logging, sanic_log_config
 from bifrost.reaper import reap_idle_sockets
 from bifrost.rules.devmode import first_steps
-from bifrost.rules.protocol import SERVICE_RESTART
 from bifrost.rules.registry import ChannelRegistry
 from bifrost.rules.settings import (
+    LOCAL_HOST,
+    SERVE_DEFAULTS,
     Settings,
     SettingsError,
     load_settings,
@@ -38,7 +40,7 @@ from bifrost.rules.settings import (
     with_checked_secret,
 )
 from bifrost.rules.tokens import TokenVerifier
-from bifrost.service import Service, service_of
+from bifrost.service import BifrostContext, Service, context_of, service_of
 from bifrost.signals import (
     ignore_signals_while_stopping,
     stop_server_on_signals,
@@ -54,8 +56,9 @@ TOKEN_OVERHEAD_BYTES = 16 * 1024
 # Sanic's own SANIC_KEEP_ALIVE_TIMEOUT says otherwise: a client that reuses connections sends
 # its next request at once, and an idle connection holds a file descriptor.
 KEEP_ALIVE_SECONDS = 5
-# How often shutdown looks whether every socket has finished its closing handshake.
-CLOSE_POLL_INTERVAL = 0.02
+# Sanic runs the listeners of a server's stop by ascending priority (those of its start by
+# descending): below every blueprint's, the service begins to stop before they close anything.
+BEGIN_STOPPING_PRIORITY = -100
 
 
 def create_app(settings: Settings | None = None, name: str = "bifrost") -> Sanic:
@@ -68,15 +71,16 @@ def create_app(settings: Settings | None = None, name: str = "bifrost") -> Sanic
         loads=orjson.loads,
         error_handler=JSONErrorHandler(),
         log_config=sanic_log_config(settings.log_format),
+        ctx=BifrostContext(settings),
     )
-    app.ctx.settings = settings
-    _configure_sanic(app, app.ctx.settings)
+    _configure_sanic(app, settings)
     app.blueprint(all_blueprints)
     app.on_request(api_pages_in_development_only)
     app.main_process_start(check_start_up)
     app.main_process_ready(stop_workers_on_signals)
     app.before_server_start(stop_server_on_signals)
     app.before_server_start(open_service)
+    app.before_server_stop(begin_stopping, priority=BEGIN_STOPPING_PRIORITY)
     app.before_server_stop(close_service)
     return app
 
@@ -130,8 +134,9 @@ async def open_service(app: Sanic) -> None:
     broker = _make_broker(settings, registry)
     await broker.start()
     verifier = TokenVerifier.from_settings(settings)
-    service = app.ctx.service = Service(settings, registry, broker, verifier)
-    app.ctx.reaper = app.add_task(reap_idle_sockets(registry, settings, service.stopping))
+    context = context_of(app)
+    service = context.service = Service(settings, registry, broker, verifier)
+    context.reaper = app.add_task(reap_idle_sockets(registry, settings, service.stopping))
 
 
 def _checked_settings(app: Sanic) -> Settings:
@@ -140,8 +145,9 @@ def _checked_settings(app: Sanic) -> Settings:
     Runs in the main process and again in each worker, which imports the module afresh
     (with `--single-process` only the latter happens).
     """
-    settings: Settings = app.ctx.settings
-    if getattr(app.ctx, "settings_checked", False):
+    context = context_of(app)
+    settings = context.settings
+    if context.settings_checked:
         return settings
     try:
         settings = with_checked_secret(settings, development=app.state.is_debug)
@@ -152,8 +158,8 @@ def _checked_settings(app: Sanic) -> Settings:
     elif (warning := secret_length_warning(settings)) is not None:
         logger.warning(warning)
     logger.info("bifrost settings: %s", settings.public_summary())
-    app.ctx.settings = settings
-    app.ctx.settings_checked = True
+    context.settings = settings
+    context.settings_checked = True
     return settings
 
 
@@ -162,31 +168,20 @@ def _refuse_start(reason: str) -> NoReturn:
     raise SystemExit(1)
 
 
-async def close_service(app: Sanic) -> None:
-    """Tell every socket to reconnect elsewhere (1012), wait for them to go, then let go of
-    the broker.
-
-    The sockets are Bifröst's, not Sanic's (`bifrost.handshake`), so Sanic's graceful shutdown
-    does not wait for them: this does, for at most the closing handshake's timeout, after
-    which every socket has been dropped.
-    """
+async def begin_stopping(app: Sanic) -> None:
+    """First when the server stops: no signal may cut it short, and broadcasts, handshakes
+    and the reaper see that the service is stopping."""
     ignore_signals_while_stopping()
-    service = service_of(app)
-    service.stopping.set()
-    subscribers = service.registry.listeners()
-    if subscribers:
-        logger.info("stopping: closing %d sockets with 1012 (service restart)", len(subscribers))
-    for subscriber in subscribers:
-        subscriber.close(SERVICE_RESTART)
-    try:
-        async with asyncio.timeout(CLOSE_HANDSHAKE_TIMEOUT + 1):
-            while service.registry.connected:
-                await asyncio.sleep(CLOSE_POLL_INTERVAL)
-    except TimeoutError:
-        logger.warning("stopping: %d sockets still open", service.registry.connected)
-    await app.ctx.subscriptions.settle()
-    await app.ctx.reaper
-    await service.broker.stop()
+    service_of(app).stopping.set()
+
+
+async def close_service(app: Sanic) -> None:
+    """Last when the server stops, once the blueprints have closed their sockets: wait for the
+    reaper to end, then let go of the broker."""
+    context = context_of(app)
+    if context.reaper is not None:
+        await context.reaper
+    await service_of(app).broker.stop()
 
 
 def _make_broker(settings: Settings, registry: ChannelRegistry[Subscriber]) -> Broker:
@@ -204,8 +199,8 @@ def _make_broker(settings: Settings, registry: ChannelRegistry[Subscriber]) -> B
 
 
 def _base_url(app: Sanic) -> str:
-    host = app.state.host or "127.0.0.1"
-    port = app.state.port or 8000
+    host = app.state.host or LOCAL_HOST
+    port = app.state.port or SERVE_DEFAULTS.port
     return f"http://{host}:{port}"
 
 

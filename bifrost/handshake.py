@@ -107,7 +107,8 @@ def _release(http: HttpProtocol) -> None:
     Its connection task ends when the handler returns; with no transport its closing is a
     no-op that also cancels its timeout timer (left armed, it would keep the connection's
     objects alive for half a minute). Out of its connection set, the socket is no longer
-    Sanic's to close at shutdown: `bifrost.app.close_service` closes it with 1012.
+    Sanic's to close at shutdown: `bifrost.blueprints.subscribe.close_subscriptions` closes
+    it with 1012.
     """
     http.connections.discard(http)
     http.transport = None

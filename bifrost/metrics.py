@@ -46,15 +46,13 @@ from bifrost.rules.protocol import (
     TRY_AGAIN_LATER,
     Close,
 )
-from bifrost.rules.tokens import BAD_SIGNATURE
+from bifrost.rules.tokens import Rejection
 
 __all__ = [
-    "AUTH_FAILURE_REASONS",
     "CONTENT_TYPE",
     "MULTIPROC_DIR_VARIABLE",
     "MadeFolder",
     "authentication_failed",
-    "authentication_failure_reason",
     "broadcast_answered",
     "broadcast_delivered",
     "close_reason",
@@ -153,38 +151,19 @@ CLOSE_REASONS: dict[Close, str] = {
     TRY_AGAIN_LATER: "broker_unconfirmed",
 }
 
-# The label of a refused token, from the start of the reason the verifier gives: a few fixed
-# values, so that the metric's series stay few whatever a client sends.
-AUTH_FAILURE_REASONS: tuple[tuple[str, str], ...] = (
-    (BAD_SIGNATURE, "signature"),
-    ("token has expired", "expired"),
-    ("token is not valid yet", "not_yet_valid"),
-    ("token algorithm is not allowed", "algorithm"),
-    ("token must be a non-empty string", "malformed"),
-    ("invalid token", "malformed"),
-)
-OTHER_AUTH_FAILURE = "claims"
-
 
 def close_reason(close: Close) -> str:
     """The label of a server close: idle, auth_timeout, slow_consumer, rate_limit, ..."""
     return CLOSE_REASONS.get(close, "other")
 
 
-def authentication_failure_reason(reason: str) -> str:
-    """The label of a token refusal: signature, expired, algorithm, malformed, claims, ..."""
-    for start, label in AUTH_FAILURE_REASONS:
-        if reason.startswith(start):
-            return label
-    return OTHER_AUTH_FAILURE
-
-
 def socket_closed_by_server(close: Close) -> None:
     SOCKETS_CLOSED.labels(close_reason(close)).inc()
 
 
-def authentication_failed(endpoint: str, reason: str) -> None:
-    AUTH_FAILURES.labels(endpoint, authentication_failure_reason(reason)).inc()
+def authentication_failed(endpoint: str, kind: Rejection) -> None:
+    """Count a refused token by the kind of its rejection, a few fixed values."""
+    AUTH_FAILURES.labels(endpoint, kind.value).inc()
 
 
 def handshake_refused(reason: str) -> None:

@@ -41,7 +41,8 @@ def workdir(tmp_path: Path) -> Path:
 
 def environ(**variables: str) -> dict[str, str]:
     """The test's environment without Bifröst's variables, plus `variables`."""
-    base = {k: v for k, v in os.environ.items() if k not in {"JWT_SECRET", "BIFROST_URL", "PORT"}}
+    read = {"JWT_SECRET", "BIFROST_URL", "HOST", "PORT", "BIFROST_WORKERS"}
+    base = {k: v for k, v in os.environ.items() if k not in read}
     return {**base, **variables}
 
 
@@ -102,6 +103,16 @@ def test_token_without_secret_says_what_to_set(workdir: Path):
     result = bifrost("token", "user:1", env=environ(), cwd=workdir)
     assert result.returncode == 2
     assert "JWT_SECRET" in result.stderr and not result.stdout
+
+
+def test_channel_names_the_server_refuses_are_usage_errors(workdir: Path):
+    """A channel name the server would refuse exits 2 naming the rule, with nothing signed."""
+    env = environ(JWT_SECRET=SECRET, BIFROST_URL="http://127.0.0.1:1")
+    for args in (("token", "ok", ""), ("broadcast", "x" * 256, "e"), ("listen", "")):
+        result = bifrost(*args, env=env, cwd=workdir)
+        assert result.returncode == 2, result
+        assert "channel must be a string of 1 to 255 characters" in result.stderr
+        assert not result.stdout
 
 
 def test_broadcast_prints_deliveries(server: BifrostServer, subscriber: ClientConnection, workdir):
@@ -189,6 +200,24 @@ def test_serve_runs_the_service(workdir: Path):
         assert httpx.get(f"{base}/test").status_code == 404
 
 
+def test_serve_reads_the_start_options_of_python_m_bifrost(workdir: Path):
+    """`bifrost serve` refuses a wrong PORT or BIFROST_WORKERS as `python -m bifrost` does."""
+    for variable, raw in (("BIFROST_WORKERS", "two"), ("PORT", "70000")):
+        env = environ(**{"JWT_SECRET": SECRET, "PORT": str(free_port()), variable: raw})
+        result = bifrost("serve", "--single-process", env=env, cwd=workdir)
+        assert result.returncode == 2, result
+        assert f"bifrost serve: {variable}='{raw}' is not a" in result.stderr
+    wrong = bifrost("serve", "--port", "0", env=environ(), cwd=workdir)
+    assert wrong.returncode == 2 and "'0' is not a port number" in wrong.stderr
+
+
+def test_serve_listens_where_port_says(workdir: Path):
+    """Without --port, `bifrost serve` listens on PORT, as platforms set it."""
+    port = free_port()
+    with _serving(environ(JWT_SECRET=SECRET, PORT=str(port)), workdir, port=port) as base:
+        assert httpx.get(f"{base}/info.json").json()["stats"]["connected"] == 0
+
+
 def test_serve_dev_opens_the_playground(workdir: Path):
     """`bifrost serve --dev` runs in development mode, where /test is the playground."""
     port = free_port()
@@ -236,12 +265,14 @@ class _listening:
 class _serving:
     """`bifrost serve ARGS` until it answers; on leaving, SIGTERM and expect exit 0."""
 
-    def __init__(self, env: Mapping[str, str], cwd: Path, *args: str) -> None:
+    def __init__(
+        self, env: Mapping[str, str], cwd: Path, *args: str, port: int | None = None
+    ) -> None:
         self.log = cwd / "serve.log"
         self.args = args
         self.env = dict(env)
         self.cwd = cwd
-        self.port = args[args.index("--port") + 1]
+        self.port = port if port is not None else args[args.index("--port") + 1]
 
     def __enter__(self) -> str:
         with self.log.open("wb") as log:

@@ -26,8 +26,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from bifrost.__main__ import serve_options
-from bifrost.rules.settings import Settings, load_settings
+from bifrost.rules.settings import Settings, load_settings, serve_options
 from tests.live import SECRET, broadcast_token, free_port, subscribe_token
 from tests.redis_server import RedisServer
 
@@ -264,21 +263,6 @@ def test_build_context_holds_only_what_the_image_copies():
         if instruction.keyword == "COPY":
             copied.update(instruction.arguments.split()[:-1])
     assert copied == included == {"pyproject.toml", "README.md", "bifrost"}
-
-
-def test_entry_point_reads_host_port_and_workers():
-    """`python -m bifrost` takes HOST, PORT and BIFROST_WORKERS, defaulting to one worker."""
-    options = serve_options({"HOST": "127.0.0.1", "PORT": "9000", "BIFROST_WORKERS": "3"})
-    assert (options.host, options.port, options.workers) == ("127.0.0.1", 9000, 3)
-    assert serve_options({}).workers == 1
-    for env, variable in [
-        ({"PORT": "http"}, "PORT"),
-        ({"PORT": "70000"}, "PORT"),
-        ({"BIFROST_WORKERS": "0"}, "BIFROST_WORKERS"),
-        ({"BIFROST_WORKERS": "two"}, "BIFROST_WORKERS"),
-    ]:
-        with pytest.raises(ValueError, match=variable):
-            serve_options(env)
 
 
 def test_wrong_port_stops_the_image_with_one_line(tmp_path):

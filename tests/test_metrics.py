@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import jwt
 import pytest
+from prometheus_client import REGISTRY
 from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
@@ -23,7 +24,7 @@ from bifrost import metrics
 from bifrost.rules import protocol
 from bifrost.rules.admission import REFUSAL_HEADROOM
 from bifrost.rules.settings import Settings
-from bifrost.rules.tokens import TokenRejected, TokenVerifier
+from bifrost.rules.tokens import Rejection, TokenRejected, TokenVerifier
 from tests.clients import authenticated, post_broadcast
 from tests.live import SECRET, BifrostServer, broadcast_token, subscribe_token
 from tests.redis_server import RedisServer
@@ -74,14 +75,14 @@ async def closed(ws) -> tuple[int | None, str | None]:
 # -- labels: a few fixed values --------------------------------------------------------
 
 
-def rejection(verify, token: object) -> str:
+def rejection(verify, token: object) -> TokenRejected:
     with pytest.raises(TokenRejected) as caught:
         verify(token)
-    return str(caught.value)
+    return caught.value
 
 
 def test_token_refusals_map_to_a_few_fixed_reasons():
-    """Each way a token is refused maps to one of a few labels, whatever the token says."""
+    """Each way a token is refused counts under the label its rejection's kind names."""
     verifier = TokenVerifier.from_settings(Settings(jwt_secret=SECRET))
     subscribe, order = verifier.subscribe_channels, verifier.broadcast_order
     now = int(time.time())
@@ -102,11 +103,30 @@ def test_token_refusals_map_to_a_few_fixed_reasons():
     }
     for label, tokens in cases.items():
         for token in tokens:
-            reason = rejection(subscribe, token)
-            assert metrics.authentication_failure_reason(reason) == label, reason
-    reason = rejection(order, broadcast_token({"event": "e"}, channel="a", ttl=None))
-    assert metrics.authentication_failure_reason(reason) == "claims", reason
-    assert metrics.authentication_failure_reason("anything else\nat all") == "claims"
+            refused = rejection(subscribe, token)
+            assert counted_as(refused) == label, refused
+    refused = rejection(order, broadcast_token({"event": "e"}, channel="a", ttl=None))
+    assert counted_as(refused) == "claims", refused
+
+
+def counted_as(refused: TokenRejected) -> str:
+    """The label `metrics.authentication_failed` counts a rejection under."""
+    before = unit_failures()
+    metrics.authentication_failed("unit", refused.kind)
+    after = unit_failures()
+    (counted,) = [label for label, count in after.items() if count != before[label]]
+    return counted
+
+
+def unit_failures() -> dict[str, float]:
+    """The failures counted for the endpoint `unit`, by every label a rejection may carry."""
+    return {
+        kind.value: REGISTRY.get_sample_value(
+            "bifrost_authentication_failures_total", {"endpoint": "unit", "reason": kind.value}
+        )
+        or 0.0
+        for kind in Rejection
+    }
 
 
 def test_every_server_close_has_its_own_reason_label():

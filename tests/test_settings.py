@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import fields
+from pathlib import Path
+
 import pytest
 
 from bifrost.rules.settings import (
+    LOCAL_HOST,
+    ServeOptions,
     Settings,
     SettingsError,
     load_settings,
     secret_length_warning,
+    serve_options,
     with_checked_secret,
 )
 
 SECRET = "s" * 64
+README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 def test_defaults_match_the_contract():
@@ -83,3 +91,74 @@ def test_secret_length_warning_only_when_hmac_is_accepted(secret, algorithms, wa
         assert warning == "JWT_SECRET has 40 characters; 64 or more are recommended for HS512"
     else:
         assert warning is None
+
+
+def test_start_options_read_host_port_and_workers():
+    """HOST, PORT and BIFROST_WORKERS are read, a container's defaults otherwise."""
+    options = serve_options({"HOST": "127.0.0.1", "PORT": "9000", "BIFROST_WORKERS": "3"})
+    assert options == ServeOptions("127.0.0.1", 9000, 3)
+    assert serve_options({}) == serve_options({"HOST": "", "PORT": ""}) == ServeOptions()
+    assert ServeOptions() == ServeOptions("0.0.0.0", 8000, 1)
+
+
+def test_start_options_given_win_over_the_environment():
+    """A command's flags win over the variables, which win over its default host."""
+    env = {"HOST": "10.0.0.1", "PORT": "not a port", "BIFROST_WORKERS": "0"}
+    given = serve_options(env, host="::1", port=9001, workers=2)
+    assert given == ServeOptions("::1", 9001, 2)
+    assert serve_options({}, default_host=LOCAL_HOST).host == LOCAL_HOST
+    assert serve_options({"HOST": "10.0.0.1"}, default_host=LOCAL_HOST).host == "10.0.0.1"
+
+
+@pytest.mark.parametrize(
+    ("variable", "raw"),
+    [
+        ("PORT", "http"),
+        ("PORT", "0"),
+        ("PORT", "70000"),
+        ("PORT", "+80"),
+        ("PORT", " 80"),
+        ("PORT", "8_000"),
+        ("PORT", "\u0668\u0660"),
+        ("PORT", "\u00b2"),
+        ("PORT", "9" * 5000),
+        ("BIFROST_WORKERS", "0"),
+        ("BIFROST_WORKERS", "two"),
+        ("BIFROST_WORKERS", "-1"),
+    ],
+)
+def test_start_options_refuse_what_is_no_number(variable, raw):
+    """A PORT or BIFROST_WORKERS that is not plain digits in range is refused, naming it."""
+    with pytest.raises(SettingsError, match=f"^{variable}=") as refused:
+        serve_options({variable: raw})
+    assert len(str(refused.value)) < 200
+
+
+def test_readme_settings_table_shows_the_defaults():
+    """The README's Settings table gives each setting the default the code has."""
+    rows = re.findall(r"^\| `([A-Z_]+)` \| `([^`]+)` \|", README.read_text(), re.MULTILINE)
+    shown = {variable.removeprefix("BIFROST_").lower(): default for variable, default in rows}
+    defaults = Settings()
+    checked = 0
+    for setting in fields(Settings):
+        if setting.name in shown:
+            assert shown[setting.name] == _as_shown(getattr(defaults, setting.name)), setting.name
+            checked += 1
+    assert checked >= 12, shown
+    start = re.search(
+        r"^\| `HOST`, `PORT`, `BIFROST_WORKERS` \| ([^|]+) \|", README.read_text(), re.M
+    )
+    assert start, "the README's Settings table has no row for HOST, PORT, BIFROST_WORKERS"
+    options = ServeOptions()
+    assert start[1].strip() == f"`{options.host}`, `{options.port}`, `{options.workers}`"
+
+
+def _as_shown(value: object) -> str:
+    """A default as the README writes it: `true`, `10`, `2.5`, `bifrost:`."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, tuple):
+        return ",".join(value)
+    return str(value)

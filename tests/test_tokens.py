@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import jwt
 import pytest
 
-from bifrost.rules.tokens import BAD_SIGNATURE, TokenRejected, TokenVerifier
+from bifrost.rules.tokens import BAD_SIGNATURE, Rejection, TokenRejected, TokenVerifier
 
 SECRET = "u" * 64
+
+
+@contextmanager
+def rejected(kind: Rejection, match: str | None = None) -> Iterator[None]:
+    """The block raises TokenRejected of `kind`, its reason matching `match`."""
+    with pytest.raises(TokenRejected, match=match) as caught:
+        yield
+    assert caught.value.kind is kind, f"{caught.value.kind}: {caught.value}"
 
 
 def verifier(**options: object) -> TokenVerifier:
@@ -29,7 +39,7 @@ def test_subscribe_channels_in_order_each_once():
 def test_pinned_algorithms_only():
     """A token in an algorithm outside the configured list is rejected; one inside is accepted."""
     token = sign({"channels": ["a"]}, "HS256")
-    with pytest.raises(TokenRejected, match="algorithm"):
+    with rejected(Rejection.ALGORITHM, "algorithm"):
         verifier().subscribe_channels(token)
     assert verifier(algorithms=["HS256", "HS512"]).subscribe_channels(token) == ["a"]
 
@@ -37,28 +47,28 @@ def test_pinned_algorithms_only():
 def test_alg_none_is_rejected():
     """An unsigned token (`alg: none`) is never accepted."""
     token = jwt.encode({"channels": ["a"]}, None, "none")
-    with pytest.raises(TokenRejected):
+    with rejected(Rejection.ALGORITHM):
         verifier().subscribe_channels(token)
 
 
 def test_wrong_secret_is_bad_signature():
     """A token signed with another secret is refused as `Bad signature`."""
-    with pytest.raises(TokenRejected, match=f"^{BAD_SIGNATURE}$"):
+    with rejected(Rejection.SIGNATURE, f"^{BAD_SIGNATURE}$"):
         verifier().subscribe_channels(sign({"channels": ["a"]}, secret="v" * 64))
 
 
 def test_time_claims_are_honoured():
     """`exp` in the past and `nbf` in the future are refused."""
-    with pytest.raises(TokenRejected, match="expired"):
+    with rejected(Rejection.EXPIRED, "expired"):
         verifier().subscribe_channels(sign({"channels": ["a"], "exp": time.time() - 60}))
-    with pytest.raises(TokenRejected, match="not valid yet"):
+    with rejected(Rejection.NOT_YET_VALID, "not valid yet"):
         verifier().subscribe_channels(sign({"channels": ["a"], "nbf": time.time() + 60}))
 
 
 def test_broadcast_requires_exp_unless_configured():
     """A broadcast token must carry `exp` unless BIFROST_REQUIRE_EXP=false."""
     token = sign({"channel": "a", "message": {"event": "e"}})
-    with pytest.raises(TokenRejected, match="exp"):
+    with rejected(Rejection.CLAIMS, "exp"):
         verifier().broadcast_order(token)
     assert verifier(require_exp=False).broadcast_order(token).channels == ("a",)
 
@@ -66,9 +76,9 @@ def test_broadcast_requires_exp_unless_configured():
 def test_kinds_of_token_do_not_stand_in_for_each_other():
     """A subscribe token cannot broadcast and a broadcast token cannot subscribe."""
     exp = time.time() + 60
-    with pytest.raises(TokenRejected):
+    with rejected(Rejection.CLAIMS):
         verifier().broadcast_order(sign({"channels": ["a"], "exp": exp}))
-    with pytest.raises(TokenRejected):
+    with rejected(Rejection.CLAIMS):
         verifier().subscribe_channels(
             sign({"channels": ["a"], "message": {"event": "e"}, "exp": exp})
         )
@@ -91,7 +101,7 @@ def test_broadcast_order_keeps_message_as_sent():
 )
 def test_channel_lists_are_checked(channels):
     """Channel lists must be non-empty, at most 100, of names of 1 to 255 characters."""
-    with pytest.raises(TokenRejected):
+    with rejected(Rejection.CLAIMS):
         verifier().subscribe_channels(sign({"channels": channels}))
 
 
@@ -107,10 +117,10 @@ def test_channel_lists_are_checked(channels):
 def test_text_utf8_cannot_carry_is_refused(claims, refused):
     """A lone surrogate in a channel name or anywhere in the message refuses the token."""
     token = sign({"message": {"event": "e"}, **claims, "exp": time.time() + 60})
-    with pytest.raises(TokenRejected, match=f"^{refused}"):
+    with rejected(Rejection.CLAIMS, f"^{refused}"):
         verifier().broadcast_order(token)
     if "channels" in claims:
-        with pytest.raises(TokenRejected, match=f"^{refused}"):
+        with rejected(Rejection.CLAIMS, f"^{refused}"):
             verifier().subscribe_channels(sign(claims))
 
 
@@ -119,8 +129,27 @@ def test_reasons_are_printable_and_short():
     token = jwt.encode({"channels": ["a"]}, SECRET, "HS512", headers={"crit": ["x\n\x1b" * 500]})
     with pytest.raises(TokenRejected) as refused:
         verifier().subscribe_channels(token)
+    assert refused.value.kind is Rejection.MALFORMED
     reason = str(refused.value)
     assert reason.startswith("invalid token: Unsupported critical extension: x\\n\\x1b")
     assert reason.isprintable() and len(reason) == 200
-    with pytest.raises(TokenRejected, match=r"^invalid token: a JWT is ASCII text$"):
+    with rejected(Rejection.MALFORMED, r"^invalid token: a JWT is ASCII text$"):
         verifier().subscribe_channels("\ud800.e30.c2ln")
+
+
+@pytest.mark.parametrize(
+    ("token", "kind"),
+    [
+        ("", Rejection.MALFORMED),
+        (42, Rejection.MALFORMED),
+        ("a.b.c", Rejection.MALFORMED),
+        (sign({"channels": ["a"]}, "HS256", "v" * 64), Rejection.ALGORITHM),
+        (sign({"channels": ["a"], "exp": time.time() - 60}, secret="v" * 64), Rejection.SIGNATURE),
+        (sign({"channels": ["a"], "exp": "soon"}), Rejection.MALFORMED),
+        (sign({"channels": ["x" * 256]}), Rejection.CLAIMS),
+    ],
+)
+def test_each_rejection_says_its_kind(token, kind):
+    """Every refusal carries one of a few kinds, whatever the token holds."""
+    with rejected(kind):
+        verifier().subscribe_channels(token)

@@ -54,7 +54,7 @@ async def broadcast(request: Request) -> HTTPResponse:
         order = service.verifier.broadcast_order(body["token"])
     except TokenRejected as rejection:
         logger.info("broadcast refused for %s: %s", request.client_ip, rejection)
-        metrics.authentication_failed("broadcast", str(rejection))
+        metrics.authentication_failed("broadcast", rejection.kind)
         return _error(str(rejection), 400)
     payload = order.payload
     limit = service.settings.max_message_bytes

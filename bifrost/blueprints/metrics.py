@@ -15,7 +15,7 @@ from sanic.response import HTTPResponse, raw
 from sanic_ext import openapi
 
 from bifrost import metrics
-from bifrost.service import Service, service_of
+from bifrost.service import Service, context_of, service_of
 
 __all__ = ["SAMPLE_INTERVAL", "metrics_bp"]
 
@@ -28,13 +28,13 @@ metrics_bp = Blueprint("metrics")
 @metrics_bp.main_process_start
 async def share_metrics_between_workers(app: Sanic) -> None:
     """Give the workers, spawned after this, a folder to write their metrics to."""
-    app.ctx.metrics_dir = metrics.prepare_multiprocess_dir()
+    context_of(app).metrics_dir = metrics.prepare_multiprocess_dir()
 
 
 @metrics_bp.main_process_stop
 async def remove_shared_metrics(app: Sanic) -> None:
     """Remove the folder, if the main process made it, once every worker has stopped."""
-    metrics.remove_multiprocess_dir(getattr(app.ctx, "metrics_dir", None))
+    metrics.remove_multiprocess_dir(context_of(app).metrics_dir)
 
 
 @metrics_bp.before_server_start
@@ -47,13 +47,13 @@ async def forget_earlier_runs(app: Sanic) -> None:
 @metrics_bp.after_server_start
 async def start_sampling(app: Sanic) -> None:
     """Keep this worker's gauges current for scrapes that another worker answers."""
-    app.ctx.metrics_sampler = app.add_task(_sample_forever(service_of(app)))
+    context_of(app).metrics_sampler = app.add_task(_sample_forever(service_of(app)))
 
 
 @metrics_bp.after_server_stop
 async def stop_sampling(app: Sanic) -> None:
     """The sampler ended when the server began to stop; this worker's gauges now stop counting."""
-    sampler = getattr(app.ctx, "metrics_sampler", None)
+    sampler = context_of(app).metrics_sampler
     if sampler is not None:
         with contextlib.suppress(asyncio.CancelledError):
             await sampler

@@ -21,9 +21,9 @@ from sanic_ext import openapi
 
 from bifrost import __version__
 from bifrost.client import broadcast_claims
+from bifrost.rules.channels import MAX_CHANNEL_NAME_LENGTH, channel_name
 from bifrost.rules.devmode import NoSigningAlgorithm, signing_algorithm
 from bifrost.rules.settings import Settings
-from bifrost.rules.tokens import MAX_CHANNEL_NAME_LENGTH
 from bifrost.service import service_of
 
 __all__ = [
@@ -85,7 +85,8 @@ async def status_page(request: Request) -> HTTPResponse:
 async def playground_page(request: Request) -> HTTPResponse:
     """Development only: watch a channel's events and broadcast to it from a form."""
     _development_only(request)
-    return _page(_read("playground.html"))
+    page = _read("playground.html")
+    return _page(page.replace("{{max_channel_name_length}}", str(MAX_CHANNEL_NAME_LENGTH)))
 
 
 @pages_bp.get("/test/token")
@@ -160,11 +161,11 @@ def _development_only(request: Request) -> None:
 
 
 def _channel(value: object) -> str:
-    if not isinstance(value, str) or not 0 < len(value) <= MAX_CHANNEL_NAME_LENGTH:
-        raise PlaygroundRefusal(
-            f"channel must be a string of 1 to {MAX_CHANNEL_NAME_LENGTH} characters"
-        )
-    return value
+    """A channel name the tokens accept, or the refusal that says why it is none."""
+    try:
+        return channel_name(value)
+    except ValueError as refusal:
+        raise PlaygroundRefusal(str(refusal)) from None
 
 
 def _signing_algorithm(settings: Settings) -> str:

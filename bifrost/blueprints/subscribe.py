@@ -21,12 +21,13 @@ from websockets.server import ServerProtocol
 from bifrost import metrics
 from bifrost.bounded_http import open_connections
 from bifrost.brokers.base import BrokerUnavailable
-from bifrost.connection import Subscriber
+from bifrost.connection import CLOSE_HANDSHAKE_TIMEOUT, Subscriber
 from bifrost.handshake import refuse, upgrade
 from bifrost.rules.admission import admission_refusal
 from bifrost.rules.protocol import (
     NOT_AUTHORIZED,
     PONG,
+    SERVICE_RESTART,
     TRY_AGAIN_LATER,
     Authenticate,
     ErrorReply,
@@ -38,7 +39,7 @@ from bifrost.rules.protocol import (
     subscribed_reply,
 )
 from bifrost.rules.tokens import TokenRejected
-from bifrost.service import Service, service_of
+from bifrost.service import Service, context_of, service_of
 
 __all__ = ["subscribe_bp"]
 
@@ -46,11 +47,41 @@ logger = logging.getLogger("bifrost.subscribe")
 
 subscribe_bp = Blueprint("subscribe")
 
+# Below the app's 0: opened after the service is made, closed before it is let go of, and
+# after it has begun to stop (`bifrost.app.BEGIN_STOPPING_PRIORITY`).
+SUBSCRIPTIONS_PRIORITY = -10
+# How often shutdown looks whether every socket has finished its closing handshake.
+CLOSE_POLL_INTERVAL = 0.02
 
-@subscribe_bp.before_server_start(priority=-10)
+
+@subscribe_bp.before_server_start(priority=SUBSCRIPTIONS_PRIORITY)
 async def open_subscriptions(app: Sanic) -> None:
     """Give the worker its frame rules, once the app's own listener has made its service."""
-    app.ctx.subscriptions = Subscriptions(service_of(app))
+    context_of(app).subscriptions = Subscriptions(service_of(app))
+
+
+@subscribe_bp.listener("before_server_stop", priority=SUBSCRIPTIONS_PRIORITY)
+async def close_subscriptions(app: Sanic) -> None:
+    """Tell every socket to reconnect elsewhere (1012) and wait for them to go, before the
+    broker is stopped under them.
+
+    The sockets are Bifröst's, not Sanic's (`bifrost.handshake`), so Sanic's graceful shutdown
+    does not wait for them: this does, for at most the closing handshake's timeout, after
+    which every socket has been dropped.
+    """
+    registry = service_of(app).registry
+    subscribers = registry.listeners()
+    if subscribers:
+        logger.info("stopping: closing %d sockets with 1012 (service restart)", len(subscribers))
+    for subscriber in subscribers:
+        subscriber.close(SERVICE_RESTART)
+    try:
+        async with asyncio.timeout(CLOSE_HANDSHAKE_TIMEOUT + 1):
+            while registry.connected:
+                await asyncio.sleep(CLOSE_POLL_INTERVAL)
+    except TimeoutError:
+        logger.warning("stopping: %d sockets still open", registry.connected)
+    await _subscriptions_of(app).settle()
 
 
 @subscribe_bp.on_request
@@ -75,13 +106,20 @@ async def subscribe(request: Request) -> HTTPResponse | None:
 
     The websocket protocol is in the README, not in the OpenAPI description.
     """
-    subscriptions: Subscriptions = request.app.ctx.subscriptions
     max_frame_bytes = service_of(request.app).settings.max_frame_bytes
-    return upgrade(request, subscriptions.accept, max_frame_bytes)
+    return upgrade(request, _subscriptions_of(request.app).accept, max_frame_bytes)
 
 
 # Sanic's mark for a handler that answers by upgrading the connection, not with a response.
 subscribe.is_websocket = True  # type: ignore[attr-defined]
+
+
+def _subscriptions_of(app: Sanic) -> Subscriptions:
+    """This worker's subscriptions, which exist from its server's start."""
+    subscriptions = context_of(app).subscriptions
+    if subscriptions is None:
+        raise RuntimeError("the subscriptions exist once the server has started")
+    return subscriptions
 
 
 class Subscriptions:
@@ -139,7 +177,7 @@ class Subscriptions:
             channels = service.verifier.subscribe_channels(token)
         except TokenRejected as rejection:
             logger.info("authentication failed for %s: %s", subscriber.peer, rejection)
-            metrics.authentication_failed("subscribe", str(rejection))
+            metrics.authentication_failed("subscribe", rejection.kind)
             subscriber.close(NOT_AUTHORIZED)
             return
         refusal = channel_total_refusal(

@@ -1,5 +1,6 @@
 """What an application uses to talk to Bifröst: the Python SDK (`sdk`) and the `bifrost`
-command (`cli`). Neither imports the server: an application installs Bifröst for these alone.
+command (`cli`). Neither imports the server, only the pure rules they share with it
+(`bifrost.rules`): an application installs Bifröst for these alone.
 
 `from bifrost.client import BifrostClient` is the SDK's public path.
 """

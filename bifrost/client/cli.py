@@ -12,15 +12,26 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from bifrost import __version__
 from bifrost.client import BROADCAST_TTL, BifrostClient, BifrostError, token_for
+from bifrost.rules.channels import channel_name
+from bifrost.rules.settings import (
+    LOCAL_HOST,
+    SERVE_DEFAULTS,
+    SettingsError,
+    port_number,
+    read_environment,
+    serve_options,
+    worker_count,
+)
 
 __all__ = ["main"]
 
-DEFAULT_URL = "http://127.0.0.1:8000"
+# Where `bifrost serve` listens unless told otherwise.
+DEFAULT_URL = f"http://{LOCAL_HOST}:{SERVE_DEFAULTS.port}"
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -32,7 +43,7 @@ DESCRIPTION = """\
 Bifröst: realtime broadcasts from your application's server to browsers over websockets.
 
 Settings come from the environment (and a .env file for `serve`): JWT_SECRET signs the
-tokens, BIFROST_URL says where the server is (default http://127.0.0.1:8000).
+tokens, BIFROST_URL says where the server is (default {url}).
 """
 
 EPILOG = """\
@@ -73,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bifrost",
-        description=DESCRIPTION,
+        description=DESCRIPTION.format(url=DEFAULT_URL),
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -85,7 +96,9 @@ def _parser() -> argparse.ArgumentParser:
         help="print a subscribe token for channels",
         description="Print a subscribe token for the channels, signed with JWT_SECRET (HS512).",
     )
-    token.add_argument("channels", nargs="+", metavar="CHANNEL", help="a channel it may hear")
+    token.add_argument(
+        "channels", nargs="+", type=_channel, metavar="CHANNEL", help="a channel it may hear"
+    )
     token.add_argument(
         "--ttl", type=_positive, metavar="SECONDS", help="expire after SECONDS (default: never)"
     )
@@ -101,7 +114,7 @@ def _parser() -> argparse.ArgumentParser:
             "browsers JSON.parse it; '-' reads it from standard input."
         ),
     )
-    broadcast.add_argument("channel", metavar="CHANNEL")
+    broadcast.add_argument("channel", type=_channel, metavar="CHANNEL")
     broadcast.add_argument("event", metavar="EVENT")
     broadcast.add_argument("data", nargs="?", metavar="DATA", help="the data (default: null)")
     broadcast.add_argument(
@@ -123,7 +136,7 @@ def _parser() -> argparse.ArgumentParser:
             "reconnecting when the connection is lost. Status goes to standard error."
         ),
     )
-    listen.add_argument("channels", nargs="+", metavar="CHANNEL")
+    listen.add_argument("channels", nargs="+", type=_channel, metavar="CHANNEL")
     listen.add_argument(
         "--count", type=_positive_int, metavar="N", help="exit after N events (default: never)"
     )
@@ -142,17 +155,21 @@ def _parser() -> argparse.ArgumentParser:
             "(see the README's Settings); --dev makes a throwaway secret when none is set."
         ),
     )
-    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument(
+        "--host", help=f"address to bind (default: HOST, else {LOCAL_HOST}: this machine only)"
+    )
     serve.add_argument(
         "--port",
-        type=int,
-        help="port to bind (default: PORT, where the platform sets it, else 8000)",
+        type=_checked(port_number),
+        help=f"port to bind (default: PORT, as platforms set it, else {SERVE_DEFAULTS.port})",
     )
     serve.add_argument(
         "--workers",
-        type=_positive_int,
-        default=1,
-        help="worker processes (default 1; more need BIFROST_REDIS_URL)",
+        type=_checked(worker_count),
+        help=(
+            f"worker processes (default: BIFROST_WORKERS, else {SERVE_DEFAULTS.workers}; "
+            "more need BIFROST_REDIS_URL)"
+        ),
     )
     serve.add_argument(
         "--dev", action="store_true", help="development mode: debug, auto-reload, /test page"
@@ -255,16 +272,29 @@ def _is_status(message: Any) -> bool:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    """Sanic's own runner, as `sanic bifrost.app` would call it."""
+    """Sanic's own runner, as `sanic bifrost.app` would call it, with the options
+    `python -m bifrost` reads (its flags over them), but for this machine only by default."""
     from sanic import Sanic
     from sanic.worker.loader import AppLoader
 
-    loader = AppLoader("bifrost.app:app")
+    from bifrost.__main__ import APP
+
+    try:
+        options = serve_options(
+            read_environment(),
+            default_host=LOCAL_HOST,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+        )
+    except SettingsError as error:
+        raise UsageError(str(error)) from None
+    loader = AppLoader(APP)
     app = loader.load()
     app.prepare(
-        host=args.host,
-        port=args.port if args.port is not None else _platform_port(),
-        workers=args.workers,
+        host=options.host,
+        port=options.port,
+        workers=options.workers,
         dev=args.dev,
         single_process=args.single_process,
     )
@@ -273,14 +303,6 @@ def _serve(args: argparse.Namespace) -> int:
     else:
         Sanic.serve(primary=app, app_loader=loader)
     return 0
-
-
-def _platform_port() -> int:
-    """The port a platform gives in PORT (PROTOCOL.md), else 8000."""
-    raw = os.environ.get("PORT") or "8000"
-    if not raw.isdigit():
-        raise UsageError(f"PORT={raw!r} is not a port number: set it to one, such as 8000")
-    return int(raw)
 
 
 def _ws_url(url: str) -> str:
@@ -310,6 +332,26 @@ def _positive(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
     return value
+
+
+def _channel(text: str) -> str:
+    """A channel name the server accepts, checked before anything is signed."""
+    try:
+        return channel_name(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"{text!r}: {error}") from None
+
+
+def _checked(parse: Callable[[str], int]) -> Callable[[str], int]:
+    """`parse` for argparse, which shows its ValueError's text only as ArgumentTypeError."""
+
+    def checked(text: str) -> int:
+        try:
+            return parse(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    return checked
 
 
 def _positive_int(text: str) -> int:

@@ -15,6 +15,8 @@ from typing import Any
 import httpx
 import jwt
 
+from bifrost.rules.channels import channel_name
+
 __all__ = [
     "BROADCAST_TTL",
     "DEFAULT_ALGORITHM",
@@ -56,7 +58,8 @@ def token_for(
     """A subscribe token for `channels`, for your application to hand to a browser.
 
     Without `ttl` it does not expire (a socket stays open after its token expires anyway;
-    `exp` only limits when it may be presented). `secret` defaults to `JWT_SECRET`.
+    `exp` only limits when it may be presented). `secret` defaults to `JWT_SECRET`. A name
+    the server would refuse raises ValueError here, before anything is signed.
     """
     claims: dict[str, Any] = {"channels": _channel_list(channels)}
     if ttl is not None:
@@ -67,10 +70,13 @@ def token_for(
 def broadcast_claims(
     channel_or_channels: str | Sequence[str], event: str, data: Any, ttl: float | None
 ) -> dict[str, Any]:
-    """The claims of a broadcast token: `channel` for one name, `channels` for a list."""
+    """The claims of a broadcast token: `channel` for one name, `channels` for a list.
+
+    A name the server would refuse raises ValueError.
+    """
     claims: dict[str, Any] = {"message": {"event": event, "data": data}}
     if isinstance(channel_or_channels, str):
-        claims["channel"] = channel_or_channels
+        claims["channel"] = channel_name(channel_or_channels)
     else:
         claims["channels"] = _channel_list(channel_or_channels)
     if ttl is not None:
@@ -167,7 +173,8 @@ def _describe(failure: httpx.HTTPError) -> str:
 
 def _channel_list(channels: str | Sequence[str]) -> list[str]:
     """A list of names; one name given as a string is a list of one, not of its letters."""
-    return [channels] if isinstance(channels, str) else list(channels)
+    names = [channels] if isinstance(channels, str) else list(channels)
+    return [channel_name(name) for name in names]
 
 
 def _secret(secret: str | None) -> str:

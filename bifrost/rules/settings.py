@@ -1,5 +1,9 @@
 """Every setting of Bifröst in one place, read from the environment and `.env`, checked at start-up.
 
+Each default is written once, in `Settings` and `ServeOptions`: the loaders read them from
+there. `ServeOptions` are the start commands' (`python -m bifrost`, `bifrost serve`), which
+Sanic's runner takes before any worker, and so any `Settings`, exists.
+
 A wrong setting must stop the service before it accepts a socket, with one line that names the
 variable and says what to set: a typo found at three in the morning by a failed deploy is
 cheaper than one found by users.
@@ -24,22 +28,34 @@ from bifrost.rules.keys import (
     default_algorithm_for,
     read_public_key,
 )
+from bifrost.rules.text import printable
 
 __all__ = [
+    "LOCAL_HOST",
     "MIN_SECRET_LENGTH",
     "RECOMMENDED_SECRET_LENGTH",
+    "ServeOptions",
     "Settings",
     "SettingsError",
     "load_settings",
+    "port_number",
     "read_environment",
     "secret_length_warning",
+    "serve_options",
     "with_checked_secret",
+    "worker_count",
 ]
 
 MIN_SECRET_LENGTH = 32
 RECOMMENDED_SECRET_LENGTH = 64
+LOG_FORMATS = ("text", "json")
+# How much of a wrong start option a refusal quotes.
+QUOTED_LENGTH = 40
 
-T = TypeVar("T")
+Number = TypeVar("Number", int, float)
+# Where `bifrost serve`, the command a developer runs, listens unless told: this machine only,
+# since a development server's playground signs tokens for whoever reaches it.
+LOCAL_HOST = "127.0.0.1"
 
 
 class SettingsError(Exception):
@@ -92,6 +108,82 @@ class Settings:
         }
 
 
+DEFAULTS = Settings()
+
+
+@dataclass(frozen=True, slots=True)
+class ServeOptions:
+    """Where a start command listens and how many worker processes it runs.
+
+    The defaults are a container's: every interface, the port platforms expect, one worker.
+    """
+
+    host: str = "0.0.0.0"
+    port: int = 8000
+    workers: int = 1
+
+
+SERVE_DEFAULTS = ServeOptions()
+
+
+def serve_options(
+    environ: Mapping[str, str],
+    *,
+    default_host: str = SERVE_DEFAULTS.host,
+    host: str | None = None,
+    port: int | None = None,
+    workers: int | None = None,
+) -> ServeOptions:
+    """The options given (a command's flags) over `HOST`, `PORT`, `BIFROST_WORKERS`, over the
+    defaults; SettingsError names the variable to fix."""
+    if port is None:
+        port = _variable(environ, "PORT", port_number, SERVE_DEFAULTS.port)
+    if workers is None:
+        workers = _variable(environ, "BIFROST_WORKERS", worker_count, SERVE_DEFAULTS.workers)
+    return ServeOptions(host or environ.get("HOST") or default_host, port, workers)
+
+
+def port_number(text: str) -> int:
+    """A TCP port to listen on, from its text; ValueError says what to set."""
+    number = _whole_number(text)
+    if number is None or not 0 < number < 65536:
+        raise ValueError(f"{_quoted(text)} is not a port number: set one from 1 to 65535")
+    return number
+
+
+def worker_count(text: str) -> int:
+    """A number of worker processes, from its text; ValueError says what to set."""
+    number = _whole_number(text)
+    if number is None or number < 1:
+        raise ValueError(f"{_quoted(text)} is not a number of workers: set 1 or more")
+    return number
+
+
+def _quoted(text: str) -> str:
+    """The text as a refusal quotes it: on one short line, whatever was given."""
+    return printable(repr(text), QUOTED_LENGTH)
+
+
+def _whole_number(text: str) -> int | None:
+    """Plain ASCII digits, few enough to be a count: not `+1`, `1_000`, `²` or 5,000 nines."""
+    if text.isascii() and text.isdigit() and len(text) <= 9:
+        return int(text)
+    return None
+
+
+def _variable(
+    environ: Mapping[str, str], name: str, parse: Callable[[str], int], default: int
+) -> int:
+    """The variable parsed, or `default` when it is unset or empty."""
+    raw = environ.get(name)
+    if not raw:
+        return default
+    try:
+        return parse(raw)
+    except ValueError as error:
+        raise SettingsError(f"{name}={error}") from None
+
+
 def read_environment(env_file: Path = Path(".env")) -> dict[str, str]:
     """The process environment over the `.env` file of the working folder (the environment wins)."""
     from_file = {k: v for k, v in dotenv_values(env_file).items() if v is not None}
@@ -111,20 +203,22 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         jwt_secret_previous=environ.get("JWT_SECRET_PREVIOUS", ""),
         jwt_public_key=public_key,
         jwt_algorithms=reader.algorithms("BIFROST_JWT_ALGORITHMS", public_key),
-        require_exp=reader.boolean("BIFROST_REQUIRE_EXP", True),
-        auth_timeout=reader.positive("BIFROST_AUTH_TIMEOUT", 10.0, float),
-        ping_interval=reader.positive("BIFROST_PING_INTERVAL", 30.0, float),
-        idle_timeout=reader.positive("BIFROST_IDLE_TIMEOUT", 60.0, float),
-        max_frame_bytes=reader.positive("BIFROST_MAX_FRAME_BYTES", 65536, int),
-        max_message_bytes=reader.positive("BIFROST_MAX_MESSAGE_BYTES", 65536, int),
-        max_channels=reader.positive("BIFROST_MAX_CHANNELS", 100, int),
-        max_pending_bytes=reader.positive("BIFROST_MAX_PENDING_BYTES", 1024 * 1024, int),
-        max_frames_per_second=reader.positive("BIFROST_MAX_FRAMES_PER_SECOND", 20.0, float),
-        max_connections=reader.positive("BIFROST_MAX_CONNECTIONS", 10000, int),
+        require_exp=reader.boolean("BIFROST_REQUIRE_EXP", DEFAULTS.require_exp),
+        auth_timeout=reader.positive("BIFROST_AUTH_TIMEOUT", DEFAULTS.auth_timeout),
+        ping_interval=reader.positive("BIFROST_PING_INTERVAL", DEFAULTS.ping_interval),
+        idle_timeout=reader.positive("BIFROST_IDLE_TIMEOUT", DEFAULTS.idle_timeout),
+        max_frame_bytes=reader.positive("BIFROST_MAX_FRAME_BYTES", DEFAULTS.max_frame_bytes),
+        max_message_bytes=reader.positive("BIFROST_MAX_MESSAGE_BYTES", DEFAULTS.max_message_bytes),
+        max_channels=reader.positive("BIFROST_MAX_CHANNELS", DEFAULTS.max_channels),
+        max_pending_bytes=reader.positive("BIFROST_MAX_PENDING_BYTES", DEFAULTS.max_pending_bytes),
+        max_frames_per_second=reader.positive(
+            "BIFROST_MAX_FRAMES_PER_SECOND", DEFAULTS.max_frames_per_second
+        ),
+        max_connections=reader.positive("BIFROST_MAX_CONNECTIONS", DEFAULTS.max_connections),
         allowed_origins=reader.origins("BIFROST_ALLOWED_ORIGINS"),
         redis_url=reader.redis_url("BIFROST_REDIS_URL"),
-        redis_prefix=environ.get("BIFROST_REDIS_PREFIX", "bifrost:"),
-        log_format=reader.choice("BIFROST_LOG_FORMAT", ("text", "json")),
+        redis_prefix=environ.get("BIFROST_REDIS_PREFIX", DEFAULTS.redis_prefix),
+        log_format=reader.choice("BIFROST_LOG_FORMAT", DEFAULTS.log_format, LOG_FORMATS),
     )
     if settings.idle_timeout <= settings.ping_interval:
         raise SettingsError(
@@ -189,13 +283,13 @@ class _Reader:
         self.environ = environ
 
     def algorithms(self, name: str, public_key: PublicKey | None) -> tuple[str, ...]:
-        """The pinned algorithms: by default HS512, and the public key's own when one is set."""
-        if public_key is None:
-            default = "HS512"
-        else:
-            own = default_algorithm_for(public_key)
-            default = f"HS512,{own}" if self.environ.get("JWT_SECRET") else own
-        raw = self.environ.get(name) or default
+        """The pinned algorithms: by default the settings' own, and with a public key its
+        algorithm, after theirs when a secret is set too."""
+        defaults = DEFAULTS.jwt_algorithms
+        if public_key is not None:
+            own = (default_algorithm_for(public_key),)
+            defaults = defaults + own if self.environ.get("JWT_SECRET") else own
+        raw = self.environ.get(name) or ",".join(defaults)
         names = tuple(a.strip() for a in raw.split(",") if a.strip())
         unknown = [a for a in names if a not in KNOWN_ALGORITHMS]
         if unknown or not names:
@@ -242,22 +336,24 @@ class _Reader:
             return False
         raise SettingsError(f"{name}={raw!r} is not a boolean: set it to true or false")
 
-    def positive(self, name: str, default: T, kind: Callable[[str], T]) -> T:
+    def positive(self, name: str, default: Number) -> Number:
+        """A number above zero, of the default's type: whole when the default is an int."""
         raw = self.environ.get(name)
         if raw is None or raw == "":
             return default
+        kind = type(default)
         try:
             value = kind(raw.strip())
         except ValueError:
             value = None
-        if value is None or not value > 0:  # type: ignore[operator]
+        if value is None or not value > 0:
             unit = "whole number" if kind is int else "number"
             raise SettingsError(f"{name}={raw!r} is not a positive {unit}: set e.g. {default}")
         return value
 
-    def choice(self, name: str, options: tuple[str, ...]) -> str:
-        """One of `options`, the first by default."""
-        raw = self.environ.get(name) or options[0]
+    def choice(self, name: str, default: str, options: tuple[str, ...]) -> str:
+        """One of `options`."""
+        raw = self.environ.get(name) or default
         if raw.strip().lower() not in options:
             raise SettingsError(f"{name}={raw!r} is not known: set one of {', '.join(options)}")
         return raw.strip().lower()

@@ -11,9 +11,14 @@ an escape sequence would repaint a terminal, and its length is the sender's to c
 
 from __future__ import annotations
 
-__all__ = ["MAX_REASON_LENGTH", "is_utf8_text", "printable"]
+__all__ = ["MAX_REASON_LENGTH", "NOT_UTF8", "is_utf8_text", "printable"]
 
 MAX_REASON_LENGTH = 200
+# Why text that `is_utf8_text` refuses is refused, said after what holds it ("channel ...").
+NOT_UTF8 = (
+    "holds a lone UTF-16 surrogate (as left by cutting a string inside an emoji), "
+    "which UTF-8 cannot carry"
+)
 ELLIPSIS = "…"
 
 
