@@ -57,7 +57,7 @@ KEEP_ALIVE_SECONDS = 5
 CLOSE_POLL_INTERVAL = 0.02
 
 
-def create_app(settings: Settings | None = None, name: str = "bifrost") -> Sanic:
+def create_app(settings: Settings | None = None, name: str = "bifrost") -> Sanic[Any, Any]:
     """Build the application from `settings`, or from the environment and `.env` when None."""
     settings = settings or load_settings(read_environment())
     configure_logging(settings.log_format)
@@ -85,7 +85,7 @@ def dump_json(value: Any) -> bytes:
     return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
 
 
-def _configure_sanic(app: Sanic, settings: Settings) -> None:
+def _configure_sanic(app: Sanic[Any, Any], settings: Settings) -> None:
     """Hand Sanic the limits it enforces itself, and the OpenAPI description's heading."""
     if "SANIC_KEEP_ALIVE_TIMEOUT" not in os.environ:
         app.config.KEEP_ALIVE_TIMEOUT = KEEP_ALIVE_SECONDS
@@ -105,7 +105,7 @@ def _configure_sanic(app: Sanic, settings: Settings) -> None:
     )
 
 
-async def check_start_up(app: Sanic) -> None:
+async def check_start_up(app: Sanic[Any, Any]) -> None:
     """Refuse a wrong configuration in the main process, before any worker is spawned.
 
     A throwaway development secret is made here and put in the environment, which the
@@ -121,7 +121,7 @@ async def check_start_up(app: Sanic) -> None:
         os.environ["JWT_SECRET"] = settings.jwt_secret
 
 
-async def open_service(app: Sanic) -> None:
+async def open_service(app: Sanic[Any, Any]) -> None:
     """Create this worker's registry, broker and token rules, and start its reaper."""
     settings = _checked_settings(app)
     raise_open_file_limit(settings.max_connections)
@@ -133,7 +133,7 @@ async def open_service(app: Sanic) -> None:
     app.ctx.reaper = app.add_task(reap_idle_sockets(registry, settings, service.stopping))
 
 
-def _checked_settings(app: Sanic) -> Settings:
+def _checked_settings(app: Sanic[Any, Any]) -> Settings:
     """The settings with their secret checked for the run mode, said once in the log.
 
     Runs in the main process and again in each worker, which imports the module afresh
@@ -161,7 +161,7 @@ def _refuse_start(reason: str) -> NoReturn:
     raise SystemExit(1)
 
 
-async def close_service(app: Sanic) -> None:
+async def close_service(app: Sanic[Any, Any]) -> None:
     """Tell every socket to reconnect elsewhere (1012), wait for them to go, then let go of
     the broker.
 
@@ -197,7 +197,7 @@ def _make_broker(settings: Settings, registry: ChannelRegistry[Subscriber]) -> B
     return LocalBroker(registry)
 
 
-def _base_url(app: Sanic) -> str:
+def _base_url(app: Sanic[Any, Any]) -> str:
     host = app.state.host or "127.0.0.1"
     port = app.state.port or 8000
     return f"http://{host}:{port}"

@@ -18,12 +18,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections.abc import Callable
 from time import monotonic
-from typing import Protocol
+from typing import Protocol, cast
 
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 from websockets.server import ServerProtocol
+from websockets.typing import BytesLike
 
 from bifrost.metrics import socket_closed_by_server
 from bifrost.rules.liveness import Liveness
@@ -70,6 +72,8 @@ class Subscriber(asyncio.Protocol):
         "liveness",
         "write",
     )
+    # Declared on the class, as `Listener` declares it, for the registry to take a Subscriber.
+    write: Callable[[bytes], object]
 
     def __init__(
         self,
@@ -87,7 +91,7 @@ class Subscriber(asyncio.Protocol):
         # The registry's fan-out calls this for every broadcast: one bound method, made once.
         self.write = transport.write
         self._max_pending = max_pending_bytes
-        self._partial: tuple[Opcode, list[bytes]] | None = None
+        self._partial: tuple[Opcode, list[BytesLike]] | None = None
         self.channels: set[str] = set()
         self.liveness = Liveness(connected_at=now, last_heard=now)
         self.budget = FrameBudget(max_frames_per_second, now)
@@ -182,7 +186,8 @@ class Subscriber(asyncio.Protocol):
     def _receive(self, data: bytes) -> None:
         ws = self._ws
         ws.receive_data(data)
-        frames = ws.events_received()
+        # Opened in State.OPEN, the parser never yields a handshake Request or Response.
+        frames = cast(list[Frame], ws.events_received())
         now = monotonic()
         for frame in frames:
             if self.closed:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import cast
 
 from sanic import Request
 from sanic.response import HTTPResponse, json
@@ -55,7 +56,8 @@ def upgrade(request: Request, serve: SocketFactory, max_frame_bytes: int) -> HTT
     if request.headers.get("content-length", "0") != "0" or "transfer-encoding" in request.headers:
         # Its body would be read as frames, or Sanic would try to read it after the hand-over.
         return json({"error": "A websocket upgrade request has no body"}, status=400)
-    transport: asyncio.Transport = request.transport  # type: ignore[assignment]
+    # Sanic types it as any transport; over HTTP/1.1 it is the event loop's TCP transport.
+    transport = cast(asyncio.Transport, request.transport)
     if transport.get_write_buffer_size():
         # Earlier answers on this connection are still unsent: a client that pipelined
         # requests and never read them. Taken over now, the socket would start with Sanic's
@@ -74,6 +76,7 @@ def upgrade(request: Request, serve: SocketFactory, max_frame_bytes: int) -> HTT
         return _refusal(answer, ws.handshake_exc)
     http = transport.get_protocol()
     assert isinstance(http, HttpProtocol), "served by Sanic's HTTP/1.1 protocol"
+    # Sanic's own buffer of bytes read and not parsed: frames sent right behind the request.
     unread = bytes(http.recv_buffer)
     _release(http)
     transport.write(answer.serialize())
@@ -111,5 +114,6 @@ def _release(http: HttpProtocol) -> None:
     objects alive for half a minute). Out of its connection set, the socket is no longer
     Sanic's to close at shutdown: `bifrost.app.close_service` closes it with 1012.
     """
+    # Sanic's internals, pinned by tests/test_dependency_pins.py.
     http.connections.discard(http)
     http.transport = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import Any
 
 from sanic import Sanic
 
@@ -28,7 +29,7 @@ class Service:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-def service_of(app: Sanic) -> Service:
+def service_of(app: Sanic[Any, Any]) -> Service:
     """The worker's service, typed."""
     service: Service = app.ctx.service
     return service

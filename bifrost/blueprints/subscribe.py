@@ -46,10 +46,13 @@ logger = logging.getLogger("bifrost.subscribe")
 subscribe_bp = Blueprint("subscribe")
 
 
-@subscribe_bp.before_server_start(priority=-10)
-async def open_subscriptions(app: Sanic) -> None:
+async def open_subscriptions(app: Sanic[Any, Any]) -> None:
     """Give the worker its frame rules, once the app's own listener has made its service."""
     app.ctx.subscriptions = Subscriptions(service_of(app))
+
+
+# Registered by a call: Sanic's decorator form with a priority returns an untyped decorator.
+subscribe_bp.before_server_start(open_subscriptions, priority=-10)
 
 
 @subscribe_bp.on_request
@@ -87,7 +90,8 @@ async def subscribe(request: Request) -> HTTPResponse | None:
     return upgrade(request, subscriptions.accept, max_frame_bytes)
 
 
-# Sanic's mark for a handler that answers by upgrading the connection, not with a response.
+# Sanic's mark for a handler that answers by upgrading the connection, not with a response;
+# an attribute set on a function, which the type checker cannot know of.
 subscribe.is_websocket = True  # type: ignore[attr-defined]
 
 

@@ -39,7 +39,8 @@ __all__ = [
 MIN_SECRET_LENGTH = 32
 RECOMMENDED_SECRET_LENGTH = 64
 
-T = TypeVar("T")
+# A count or a number of seconds: whatever can be compared with zero.
+Number = TypeVar("Number", int, float)
 
 
 class SettingsError(Exception):
@@ -242,7 +243,7 @@ class _Reader:
             return False
         raise SettingsError(f"{name}={raw!r} is not a boolean: set it to true or false")
 
-    def positive(self, name: str, default: T, kind: Callable[[str], T]) -> T:
+    def positive(self, name: str, default: Number, kind: Callable[[str], Number]) -> Number:
         raw = self.environ.get(name)
         if raw is None or raw == "":
             return default
@@ -250,7 +251,7 @@ class _Reader:
             value = kind(raw.strip())
         except ValueError:
             value = None
-        if value is None or not value > 0:  # type: ignore[operator]
+        if value is None or not value > 0:
             unit = "whole number" if kind is int else "number"
             raise SettingsError(f"{name}={raw!r} is not a positive {unit}: set e.g. {default}")
         return value
