@@ -61,11 +61,13 @@ KEEP_ALIVE_SECONDS = 5
 BEGIN_STOPPING_PRIORITY = -100
 
 
-def create_app(settings: Settings | None = None, name: str = "bifrost") -> Sanic:
+def create_app(settings: Settings | None = None, name: str = "bifrost") -> Sanic[Any, Any]:
     """Build the application from `settings`, or from the environment and `.env` when None."""
     settings = settings or load_settings(read_environment())
     configure_logging(settings.log_format)
-    app = BifrostSanic(
+    # Sanic's overloads type `ctx` as a SimpleNamespace, though it takes any object as the
+    # context (its guide's custom context); the typed one is `bifrost.service.BifrostContext`.
+    app: BifrostSanic = BifrostSanic(  # type: ignore[call-overload]
         name,
         dumps=dump_json,
         loads=orjson.loads,
@@ -90,7 +92,7 @@ def dump_json(value: Any) -> bytes:
     return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
 
 
-def _configure_sanic(app: Sanic, settings: Settings) -> None:
+def _configure_sanic(app: Sanic[Any, Any], settings: Settings) -> None:
     """Hand Sanic the limits it enforces itself, and the OpenAPI description's heading."""
     if "SANIC_KEEP_ALIVE_TIMEOUT" not in os.environ:
         app.config.KEEP_ALIVE_TIMEOUT = KEEP_ALIVE_SECONDS
@@ -110,7 +112,7 @@ def _configure_sanic(app: Sanic, settings: Settings) -> None:
     )
 
 
-async def check_start_up(app: Sanic) -> None:
+async def check_start_up(app: Sanic[Any, Any]) -> None:
     """Refuse a wrong configuration in the main process, before any worker is spawned.
 
     A throwaway development secret is made here and put in the environment, which the
@@ -126,7 +128,7 @@ async def check_start_up(app: Sanic) -> None:
         os.environ["JWT_SECRET"] = settings.jwt_secret
 
 
-async def open_service(app: Sanic) -> None:
+async def open_service(app: Sanic[Any, Any]) -> None:
     """Create this worker's registry, broker and token rules, and start its reaper."""
     settings = _checked_settings(app)
     raise_open_file_limit(settings.max_connections)
@@ -139,7 +141,7 @@ async def open_service(app: Sanic) -> None:
     context.reaper = app.add_task(reap_idle_sockets(registry, settings, service.stopping))
 
 
-def _checked_settings(app: Sanic) -> Settings:
+def _checked_settings(app: Sanic[Any, Any]) -> Settings:
     """The settings with their secret checked for the run mode, said once in the log.
 
     Runs in the main process and again in each worker, which imports the module afresh
@@ -168,14 +170,14 @@ def _refuse_start(reason: str) -> NoReturn:
     raise SystemExit(1)
 
 
-async def begin_stopping(app: Sanic) -> None:
+async def begin_stopping(app: Sanic[Any, Any]) -> None:
     """First when the server stops: no signal may cut it short, and broadcasts, handshakes
     and the reaper see that the service is stopping."""
     ignore_signals_while_stopping()
     service_of(app).stopping.set()
 
 
-async def close_service(app: Sanic) -> None:
+async def close_service(app: Sanic[Any, Any]) -> None:
     """Last when the server stops, once the blueprints have closed their sockets: wait for the
     reaper to end, then let go of the broker."""
     context = context_of(app)
@@ -198,7 +200,7 @@ def _make_broker(settings: Settings, registry: ChannelRegistry[Subscriber]) -> B
     return LocalBroker(registry.deliver, registry.figures)
 
 
-def _base_url(app: Sanic) -> str:
+def _base_url(app: Sanic[Any, Any]) -> str:
     host = app.state.host or LOCAL_HOST
     port = app.state.port or SERVE_DEFAULTS.port
     return f"http://{host}:{port}"

@@ -20,9 +20,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from time import monotonic
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 from sanic import Request, Sanic
+from sanic.config import Config
 from sanic.exceptions import RequestTimeout
 from sanic.http import Http, Stage
 from sanic.server import HttpProtocol
@@ -42,8 +44,10 @@ class DeadlineHttp(Http):
     __slots__ = ()
 
     def init_for_request(self) -> None:
-        super().init_for_request()
-        self.protocol.request_ready()
+        # Sanic leaves Http's methods unannotated.
+        super().init_for_request()  # type: ignore[no-untyped-call]
+        # Only BoundedHttpProtocol makes a DeadlineHttp: it is its HTTP_CLASS.
+        cast(BoundedHttpProtocol, self.protocol).request_ready()
 
 
 class BoundedHttpProtocol(HttpProtocol):
@@ -54,6 +58,7 @@ class BoundedHttpProtocol(HttpProtocol):
     answer, during which nothing is received.
     """
 
+    # Sanic's internal hook for its HTTP/1.1 state machine; tests/test_dependency_pins.py.
     HTTP_CLASS = DeadlineHttp
     __slots__ = ("ready_at", "timed_out")
 
@@ -63,7 +68,7 @@ class BoundedHttpProtocol(HttpProtocol):
         self.timed_out = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
+        super().connection_made(transport)  # type: ignore[no-untyped-call]  # Sanic's is unannotated
         max_connections = service_of(self.app).settings.max_connections
         if closed_unanswered(_open_connections(self), max_connections):
             ceiling = max_connections + REFUSAL_HEADROOM
@@ -78,15 +83,19 @@ class BoundedHttpProtocol(HttpProtocol):
         its own request timeout is; Sanic then reads on what is left of its body, which the
         next look cuts short, closing the connection.
         """
-        http = self._http if self._task and self.transport else None
-        if http is not None and self._overdue(http):
+        # Sanic's connection task and state machine (internals, as its own check_timeouts
+        # reads them; tests/test_dependency_pins.py).
+        task = self._task
+        http = self._http if task and self.transport else None
+        if task and http is not None and self._overdue(http):
             if not self.timed_out:
                 self.timed_out = True
                 metrics.http_connection_closed("request_timeout")
                 http.exception = RequestTimeout("Request Timeout")
                 http.keep_alive = False
-            self._task.cancel()  # type: ignore[union-attr]
-        super().check_timeouts()
+            task.cancel()
+        # Sanic leaves HttpProtocol's methods unannotated.
+        super().check_timeouts()  # type: ignore[no-untyped-call]
 
     def _overdue(self, http: Http) -> bool:
         """Still waiting for the request, its head or its body, past the deadline."""
@@ -100,7 +109,8 @@ class BoundedHttpProtocol(HttpProtocol):
 
 def open_connections(request: Request) -> int:
     """Every open connection of the request's worker, the request's own included."""
-    http: HttpProtocol = request.transport.get_protocol()  # type: ignore[attr-defined]
+    # Typed as any protocol; a request reaches a handler only over Sanic's HTTP/1.1 one.
+    http = cast(HttpProtocol, request.transport.get_protocol())
     return _open_connections(http)
 
 
@@ -112,10 +122,12 @@ def _open_connections(http: HttpProtocol) -> int:
 
 def close_after_answer(request: Request) -> None:
     """Close the request's connection once it is answered, instead of keeping it alive."""
-    request.stream.keep_alive = False  # type: ignore[union-attr]
+    stream = request.stream
+    assert isinstance(stream, Http), "served by Sanic's HTTP/1.1 protocol"
+    stream.keep_alive = False
 
 
-class BifrostSanic(Sanic):  # type: ignore[type-arg]
+class BifrostSanic(Sanic[Config, SimpleNamespace]):
     """The application class: serves with `BoundedHttpProtocol` unless told another."""
 
     def prepare(

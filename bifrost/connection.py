@@ -19,9 +19,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections.abc import Callable
 from time import monotonic
-from typing import Protocol
+from typing import Protocol, cast
 
+from websockets.frames import Frame
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
@@ -67,6 +69,8 @@ class Subscriber(asyncio.Protocol):
         "liveness",
         "write",
     )
+    # Declared on the class, as `Listener` declares it, for the registry to take a Subscriber.
+    write: Callable[[bytes], object]
 
     def __init__(
         self,
@@ -178,7 +182,8 @@ class Subscriber(asyncio.Protocol):
     def _receive(self, data: bytes) -> None:
         ws = self._ws
         ws.receive_data(data)
-        frames = ws.events_received()
+        # Opened in State.OPEN, the parser never yields a handshake Request or Response.
+        frames = cast(list[Frame], ws.events_received())
         now = monotonic()
         for frame in frames:
             if self.closed:

@@ -67,6 +67,7 @@ def upgrade(request: Request, serve: SocketFactory, max_frame_bytes: int) -> HTT
         return refuse(request, _library_refusal(answer, ws.handshake_exc))
     http = transport.get_protocol()
     assert isinstance(http, HttpProtocol), "served by Sanic's HTTP/1.1 protocol"
+    # Sanic's own buffer of bytes read and not parsed: frames sent right behind the request.
     unread = bytes(http.recv_buffer)
     _release(http)
     transport.write(answer.serialize())
@@ -110,5 +111,6 @@ def _release(http: HttpProtocol) -> None:
     Sanic's to close at shutdown: `bifrost.blueprints.subscribe.close_subscriptions` closes
     it with 1012.
     """
+    # Sanic's internals, pinned by tests/test_dependency_pins.py.
     http.connections.discard(http)
     http.transport = None

@@ -195,6 +195,7 @@ def sample(connected: int, channels: int, subscriptions: int, broker_available: 
 
 def is_multiprocess() -> bool:
     """Whether this process's metrics live in the shared folder (decided at import)."""
+    # prometheus-client says so nowhere public: its value class is picked once, at its import.
     return values.ValueClass is not values.MutexValue
 
 
@@ -203,6 +204,7 @@ def exposition() -> bytes:
     if not is_multiprocess():
         return generate_latest(REGISTRY)
     registry = CollectorRegistry()
+    # prometheus-client leaves its multiprocess module unannotated.
     multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     return generate_latest(registry)
 
@@ -303,7 +305,10 @@ def _writers(folder: str) -> set[int]:
 
 
 def _writer(path: str) -> int | None:
-    """The process a metrics file belongs to, from its name (`counter_123.db`)."""
+    """The process a metrics file belongs to, from its name (`counter_123.db`).
+
+    prometheus-client documents no naming of its files; tests/test_dependency_pins.py pins it.
+    """
     tail = os.path.basename(path).removesuffix(".db").rpartition("_")[2]
     return int(tail) if tail.isdigit() else None
 
@@ -336,4 +341,5 @@ def remove_multiprocess_dir(made: MadeFolder | None) -> None:
 def worker_stopped() -> None:
     """A worker's last word: its gauges stop counting (its counters keep their totals)."""
     if is_multiprocess():
+        # prometheus-client leaves its multiprocess module unannotated.
         multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]

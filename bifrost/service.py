@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sanic import Sanic
 
@@ -54,7 +54,7 @@ class BifrostContext:
     metrics_sampler: asyncio.Task[None] | None = None
 
 
-def context_of(app: Sanic) -> BifrostContext:
+def context_of(app: Sanic[Any, Any]) -> BifrostContext:
     """The app's context, typed: every Bifröst app is made with one (`bifrost.app.create_app`)."""
     context = app.ctx
     if not isinstance(context, BifrostContext):
@@ -62,7 +62,7 @@ def context_of(app: Sanic) -> BifrostContext:
     return context
 
 
-def service_of(app: Sanic) -> Service:
+def service_of(app: Sanic[Any, Any]) -> Service:
     """The worker's service, which exists from its server's start."""
     service = context_of(app).service
     if service is None:

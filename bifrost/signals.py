@@ -19,6 +19,7 @@ import asyncio
 import logging
 import signal
 from functools import partial
+from typing import Any
 
 from sanic import Sanic
 
@@ -38,13 +39,13 @@ EXTRA_STOP_SIGNALS = (signal.SIGHUP, signal.SIGQUIT)
 STOP_SIGNALS = SANIC_STOP_SIGNALS + EXTRA_STOP_SIGNALS
 
 
-async def stop_workers_on_signals(app: Sanic) -> None:
+async def stop_workers_on_signals(app: Sanic[Any, Any]) -> None:
     """In the main process, once the worker manager exists: HUP and QUIT stop it as TERM does."""
     for stop_signal in EXTRA_STOP_SIGNALS:
         signal.signal(stop_signal, app.manager.shutdown_signal)
 
 
-async def stop_server_on_signals(app: Sanic) -> None:
+async def stop_server_on_signals(app: Sanic[Any, Any]) -> None:
     """In a worker or the single process: HUP and QUIT stop the server as TERM does."""
     loop = asyncio.get_running_loop()
     for stop_signal in EXTRA_STOP_SIGNALS:

@@ -19,6 +19,7 @@ import jwt
 import pytest
 from websockets.sync.client import ClientConnection, connect
 
+from tests.delay_proxy import DelayProxy
 from tests.live import SECRET, BifrostServer, free_port, subscribe_token
 
 BIFROST = Path(sys.executable).with_name("bifrost")
@@ -178,6 +179,22 @@ def test_listen_unreachable_exits_1(workdir: Path):
     env = environ(JWT_SECRET=SECRET, BIFROST_URL=f"http://127.0.0.1:{free_port()}")
     result = bifrost("listen", "cli:room", env=env, cwd=workdir)
     assert result.returncode == 1 and "cannot connect" in result.stderr
+
+
+def test_listen_reconnects_after_a_normal_close(start_server, workdir: Path):
+    """A socket closed 1001 (idle timeout) makes listen say so and reconnect, not crash."""
+    # The proxy holds the client's pongs back past the idle timeout, as a frozen laptop would.
+    quick_idle = {"BIFROST_PING_INTERVAL": "0.5", "BIFROST_IDLE_TIMEOUT": "1.5"}
+    live = start_server({**quick_idle, "BIFROST_AUTH_TIMEOUT": "10"})
+    proxy = DelayProxy(live.port, delay=4.0).start()
+    try:
+        env = environ(JWT_SECRET=SECRET, BIFROST_URL=f"http://127.0.0.1:{proxy.port}")
+        with _listening(env, workdir, "cli:idle") as listener:
+            said = _wait_for_line(listener.stderr, "connection closed")
+            assert said.strip() == "connection closed (1001 Idle timeout), reconnecting"
+            assert listener.process.poll() is None
+    finally:
+        proxy.stop()
 
 
 def test_listen_interrupted_exits_130(server: BifrostServer, workdir: Path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Any
 
 from sanic import Blueprint, Request, Sanic
 from sanic.response import HTTPResponse, raw
@@ -26,32 +27,32 @@ metrics_bp = Blueprint("metrics")
 
 
 @metrics_bp.main_process_start
-async def share_metrics_between_workers(app: Sanic) -> None:
+async def share_metrics_between_workers(app: Sanic[Any, Any]) -> None:
     """Give the workers, spawned after this, a folder to write their metrics to."""
     context_of(app).metrics_dir = metrics.prepare_multiprocess_dir()
 
 
 @metrics_bp.main_process_stop
-async def remove_shared_metrics(app: Sanic) -> None:
+async def remove_shared_metrics(app: Sanic[Any, Any]) -> None:
     """Remove the folder, if the main process made it, once every worker has stopped."""
     metrics.remove_multiprocess_dir(context_of(app).metrics_dir)
 
 
 @metrics_bp.before_server_start
-async def forget_earlier_runs(app: Sanic) -> None:
+async def forget_earlier_runs(app: Sanic[Any, Any]) -> None:
     """A single process with an operator's folder: earlier runs' counters must not be added in."""
     if metrics.is_multiprocess() and not metrics.prepared_by_main_process():
         metrics.forget_dead_processes()
 
 
 @metrics_bp.after_server_start
-async def start_sampling(app: Sanic) -> None:
+async def start_sampling(app: Sanic[Any, Any]) -> None:
     """Keep this worker's gauges current for scrapes that another worker answers."""
     context_of(app).metrics_sampler = app.add_task(_sample_forever(service_of(app)))
 
 
 @metrics_bp.after_server_stop
-async def stop_sampling(app: Sanic) -> None:
+async def stop_sampling(app: Sanic[Any, Any]) -> None:
     """The sampler ended when the server began to stop; this worker's gauges now stop counting."""
     sampler = context_of(app).metrics_sampler
     if sampler is not None:

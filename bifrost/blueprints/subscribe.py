@@ -54,14 +54,12 @@ SUBSCRIPTIONS_PRIORITY = -10
 CLOSE_POLL_INTERVAL = 0.02
 
 
-@subscribe_bp.before_server_start(priority=SUBSCRIPTIONS_PRIORITY)
-async def open_subscriptions(app: Sanic) -> None:
+async def open_subscriptions(app: Sanic[Any, Any]) -> None:
     """Give the worker its frame rules, once the app's own listener has made its service."""
     context_of(app).subscriptions = Subscriptions(service_of(app))
 
 
-@subscribe_bp.listener("before_server_stop", priority=SUBSCRIPTIONS_PRIORITY)
-async def close_subscriptions(app: Sanic) -> None:
+async def close_subscriptions(app: Sanic[Any, Any]) -> None:
     """Tell every socket to reconnect elsewhere (1012) and wait for them to go, before the
     broker is stopped under them.
 
@@ -82,6 +80,11 @@ async def close_subscriptions(app: Sanic) -> None:
     except TimeoutError:
         logger.warning("stopping: %d sockets still open", registry.connected)
     await _subscriptions_of(app).settle()
+
+
+# Registered by a call: Sanic's decorator form with a priority returns an untyped decorator.
+subscribe_bp.before_server_start(open_subscriptions, priority=SUBSCRIPTIONS_PRIORITY)
+subscribe_bp.before_server_stop(close_subscriptions, priority=SUBSCRIPTIONS_PRIORITY)
 
 
 @subscribe_bp.on_request
@@ -110,11 +113,12 @@ async def subscribe(request: Request) -> HTTPResponse | None:
     return upgrade(request, _subscriptions_of(request.app).accept, max_frame_bytes)
 
 
-# Sanic's mark for a handler that answers by upgrading the connection, not with a response.
+# Sanic's mark for a handler that answers by upgrading the connection, not with a response;
+# an attribute set on a function, which the type checker cannot know of.
 subscribe.is_websocket = True  # type: ignore[attr-defined]
 
 
-def _subscriptions_of(app: Sanic) -> Subscriptions:
+def _subscriptions_of(app: Sanic[Any, Any]) -> Subscriptions:
     """This worker's subscriptions, which exist from its server's start."""
     subscriptions = context_of(app).subscriptions
     if subscriptions is None:

@@ -281,6 +281,7 @@ class RedisBroker(Broker):
                 self._outbox = None
                 self._book.lost()
                 with contextlib.suppress(*REDIS_FAILURES):
+                    # redis-py leaves PubSub.aclose unannotated.
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
             if self._unavailable is not None:
                 # Pooled connections to the Redis that went away would each fail once more.

@@ -241,7 +241,7 @@ async def _listen_until_done(ws_url: str, token: str, count: int | None) -> int:
                     received += 1
                     if count is not None and received >= count:
                         return 0
-                close = ws.close_rcvd
+                close = ws.protocol.close_rcvd
         except ConnectionClosed as closed:
             close = closed.rcvd
         except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as error:

@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 from websockets.frames import Frame, Opcode
+from websockets.typing import BytesLike
 
 from bifrost.rules.ratelimit import FrameBudget
 
@@ -100,7 +101,7 @@ class ClientFrames(FrameBudget):
 
     def __init__(self, max_frames_per_second: float, now: float) -> None:
         super().__init__(max_frames_per_second, now)
-        self._partial: list[bytes] | None = None
+        self._partial: list[BytesLike] | None = None
 
     def received(self, frame: Frame, now: float) -> str | Close | None:
         """A whole text message; the close this frame earns (`RATE_LIMIT` over the budget,

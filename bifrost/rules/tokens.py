@@ -104,6 +104,8 @@ class TokenVerifier:
         ]
         # pyjwt checks an HMAC secret afresh for every token (that it is no PEM, SSH or JSON
         # key), which is 40 % of verifying one; the secrets are checked here once instead.
+        # `_jws`: the instance's own algorithm registry, which pyjwt exposes no other way (its
+        # public register_algorithm changes the module's shared one); test_dependency_pins.py.
         for algorithm in HMAC_ALGORITHMS.intersection(self._algorithms):
             hmac = _PreparedHMAC(_HASHES[algorithm], self._secrets)
             self._jwt._jws.unregister_algorithm(algorithm)
