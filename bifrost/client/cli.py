@@ -81,7 +81,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
 
+# The subcommands' registry; argparse names its type only privately (`_SubParsersAction`).
+Subcommands = Any
+
+
 def _parser() -> argparse.ArgumentParser:
+    """The command line: one subcommand each, declared by the functions below."""
     parser = argparse.ArgumentParser(
         prog="bifrost",
         description=DESCRIPTION.format(url=DEFAULT_URL),
@@ -90,7 +95,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"bifrost {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_token(commands)
+    _add_broadcast(commands)
+    _add_listen(commands)
+    _add_serve(commands)
+    return parser
 
+
+def _add_token(commands: Subcommands) -> None:
+    """`bifrost token`: a subscribe token for channels."""
     token = commands.add_parser(
         "token",
         help="print a subscribe token for channels",
@@ -105,6 +118,9 @@ def _parser() -> argparse.ArgumentParser:
     _secret_option(token)
     token.set_defaults(run=_token)
 
+
+def _add_broadcast(commands: Subcommands) -> None:
+    """`bifrost broadcast`: an event to a channel, and its deliveries."""
     broadcast = commands.add_parser(
         "broadcast",
         help="send an event to a channel and print its deliveries",
@@ -128,6 +144,9 @@ def _parser() -> argparse.ArgumentParser:
     _secret_option(broadcast)
     broadcast.set_defaults(run=_broadcast)
 
+
+def _add_listen(commands: Subcommands) -> None:
+    """`bifrost listen`: a channel's events as JSON lines."""
     listen = commands.add_parser(
         "listen",
         help="subscribe to channels and print each event as it arrives",
@@ -147,6 +166,9 @@ def _parser() -> argparse.ArgumentParser:
     _secret_option(listen)
     listen.set_defaults(run=_listen)
 
+
+def _add_serve(commands: Subcommands) -> None:
+    """`bifrost serve`: the service itself."""
     serve = commands.add_parser(
         "serve",
         help="run the Bifröst service",
@@ -178,7 +200,6 @@ def _parser() -> argparse.ArgumentParser:
         "--single-process", action="store_true", help="serve in this process, without a manager"
     )
     serve.set_defaults(run=_serve)
-    return parser
 
 
 def _url_option(parser: argparse.ArgumentParser) -> None:
