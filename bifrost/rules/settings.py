@@ -31,9 +31,11 @@ from bifrost.rules.keys import (
 from bifrost.rules.text import printable
 
 __all__ = [
+    "DEFAULTS",
     "LOCAL_HOST",
     "MIN_SECRET_LENGTH",
     "RECOMMENDED_SECRET_LENGTH",
+    "SERVE_DEFAULTS",
     "ServeOptions",
     "Settings",
     "SettingsError",
@@ -108,6 +110,7 @@ class Settings:
         }
 
 
+# The defaults, read by the loaders (and the token verifier) instead of written again.
 DEFAULTS = Settings()
 
 

@@ -18,7 +18,7 @@ from jwt.algorithms import HMACAlgorithm
 
 from bifrost.rules.channels import NOT_A_NAME, channel_name_problem
 from bifrost.rules.keys import HMAC_ALGORITHMS, PublicKey
-from bifrost.rules.settings import Settings
+from bifrost.rules.settings import DEFAULTS, Settings
 from bifrost.rules.text import NOT_UTF8, printable
 
 __all__ = [
@@ -31,7 +31,6 @@ __all__ = [
 
 BAD_SIGNATURE = "Bad signature"
 CLOCK_SKEW_SECONDS = 5
-DEFAULTS = Settings()
 
 
 class Rejection(StrEnum):
