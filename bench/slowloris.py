@@ -147,6 +147,15 @@ def _reading(session: Session) -> Reading:
     return Reading(session.open_fds(), session.rss())
 
 
+async def _reading_at(
+    session: Session, at: float, cpu0: float, since: float
+) -> tuple[Reading, float]:
+    """The server at `at`, and its CPU in cores from `since` (when it had used `cpu0` s)."""
+    await asyncio.sleep(max(0.0, at - time.monotonic()))
+    cores = (session.server.sample().cpu_s - cpu0) / (time.monotonic() - since)
+    return _reading(session), cores
+
+
 async def _settled(session: Session, fds: int) -> Reading:
     """The server once the attackers' descriptors are gone (or after SETTLE_TIMEOUT_S)."""
     deadline = time.monotonic() + SETTLE_TIMEOUT_S
@@ -179,10 +188,11 @@ async def _phase(session: Session, args: argparse.Namespace, kind: str | None) -
         )
     probes = Child(run_probes, host, port, session.secret, args.probe_rate, start_at, end_at)
     await asyncio.sleep(max(0.0, start_at - time.monotonic()))
+    # The end reading is due at end_at, with the attackers still held, even when the phase's
+    # collection waits on for frames that broadcasts refused by the server never sent.
+    end_reading = asyncio.create_task(_reading_at(session, end_at, cpu0, now))
     healthy = await session.phase(round(args.seconds * args.rate), rate=args.rate)
-    await asyncio.sleep(max(0.0, end_at - time.monotonic()))
-    end = _reading(session)
-    cores = (session.server.sample().cpu_s - cpu0) / (time.monotonic() - now)
+    end, cores = await end_reading
     probe_tally = await probes.result(PROBE_TIMEOUT_S + CHILD_GRACE_S)
     errors = list(healthy.errors)
     holds = None
