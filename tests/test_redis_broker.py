@@ -145,13 +145,13 @@ async def test_deliveries_and_stats_are_totals_over_nodes(node: Node):
 async def test_a_hash_that_is_no_heartbeat_leaves_stats_answering(
     node: Node, redis_server: RedisServer
 ):
-    """A hash posing as a node's heartbeat without counts is left out: `/info.json` answers
-    200 with the real nodes' totals, not a server error."""
+    """A hash posing as a node's heartbeat without counts, or a member of the nodes set that
+    is not text, is left out: `/info.json` answers 200 with the real nodes' totals."""
     a = node()
     client = redis_server.client()
     junk = {"connected": "many", "deliveries": "0", "channels": "0", "subscriptions": "0"}
     client.hset("bifrost:node:impostor", mapping=junk)
-    client.sadd("bifrost:nodes", "impostor")
+    client.sadd("bifrost:nodes", "impostor", b"\xff")
     ws = await authenticated(a, ["here"])
     async with httpx.AsyncClient(base_url=a.url) as http:
         answer = await http.get("/info.json")

@@ -16,6 +16,7 @@ from bifrost.rules.relay import (
     encode_answer,
     encode_envelope,
     heartbeat,
+    other_nodes,
 )
 
 
@@ -47,6 +48,7 @@ def test_answer_round_trips_and_garbage_is_refused():
         b"abc +1",
         b"abc 1_0",
         b"abc \xc2\xb2",
+        b"abc " + b"9" * 5000,
         b"\xff 1",
     ):
         with pytest.raises(ValueError):
@@ -139,3 +141,15 @@ def test_names_live_under_the_prefix_and_channel_names_never_fail():
     assert names.channel("\ud800") == b"staging:channel:\xed\xa0\x80"
     assert names.reply("n1") == b"staging:reply:n1"
     assert (names.node("n1"), names.nodes) == ("staging:node:n1", "staging:nodes")
+
+
+def test_the_nodes_set_names_the_other_nodes_and_nothing_else():
+    """This node and members that are not text are not read as other nodes."""
+    assert other_nodes([b"me", b"n1", b"\xff", b"n2"], "me") == ["n1", "n2"]
+
+
+def test_counts_too_long_to_be_counts_are_refused():
+    """Thousands of digits are no count: ignored, without Python's digit limit raising."""
+    local = Totals(1, 1, 1, 1)
+    huge = {name.encode(): b"9" * 5000 for name in heartbeat(local)}
+    assert cluster_totals(local, [huge]) == local

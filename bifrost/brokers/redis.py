@@ -49,6 +49,7 @@ from bifrost.rules.relay import (
     encode_answer,
     encode_envelope,
     heartbeat,
+    other_nodes,
 )
 from bifrost.rules.subscription_book import SubscriptionBook
 
@@ -239,7 +240,7 @@ class RedisBroker(Broker):
     async def _other_nodes_heartbeats(self) -> list[dict[bytes, bytes]]:
         """The heartbeat of every other node that has not expired; forget the rest."""
         members = cast("set[bytes]", await self._commands.smembers(self._nodes_key))
-        nodes = [node.decode() for node in members if node.decode() != self._node]
+        nodes = other_nodes(members, self._node)
         if not nodes:
             return []
         pipe = self._commands.pipeline(transaction=False)

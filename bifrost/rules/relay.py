@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
+from typing import cast
 
 import orjson
 
@@ -34,12 +35,16 @@ __all__ = [
     "encode_answer",
     "encode_envelope",
     "heartbeat",
+    "other_nodes",
 ]
 
 # Copies of one broadcast arrive together; this many ids is ample to recognise the others.
 REMEMBERED_BROADCASTS = 10_000
 
 _FIGURES = tuple(figure.name for figure in fields(Totals))
+# More digits than any count of sockets or deliveries reaches (2**63 has 19), and well under
+# the length at which Python refuses to convert digits to an int.
+_COUNT_DIGITS = 19
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,10 +112,18 @@ def encode_answer(broadcast_id: str, delivered: int) -> bytes:
 
 def decode_answer(data: bytes) -> tuple[str, int]:
     """The broadcast id and count of an answer; ValueError when it is not one."""
-    broadcast_id, delivered = data.decode().split()
-    if not (delivered.isascii() and delivered.isdigit()):
-        raise ValueError(f"not a count of sockets: {delivered!r}")
-    return broadcast_id, int(delivered)
+    broadcast_id, delivered = data.split()
+    count = _count(delivered)
+    if count is None:
+        raise ValueError(f"not a count of sockets: {delivered[:40]!r}")
+    return broadcast_id.decode(), count
+
+
+def _count(text: bytes) -> int | None:
+    """The non-negative integer `text` spells in plain ASCII digits, or None."""
+    if 0 < len(text) <= _COUNT_DIGITS and text.isdigit():
+        return int(text)
+    return None
 
 
 class SeenBroadcasts:
@@ -184,6 +197,20 @@ def heartbeat(figures: Totals) -> dict[str, int]:
     return {name: getattr(figures, name) for name in _FIGURES}
 
 
+def other_nodes(members: Iterable[bytes], own: str) -> list[str]:
+    """The ids in the nodes set other than this node's; a member that is not text (written
+    by something else under the prefix) names no node."""
+    nodes = []
+    for member in members:
+        try:
+            node = member.decode()
+        except UnicodeDecodeError:
+            continue
+        if node != own:
+            nodes.append(node)
+    return nodes
+
+
 def cluster_totals(local: Totals, heartbeats: Iterable[Mapping[bytes, bytes]]) -> Totals:
     """This node's figures plus those of every other node's heartbeat hash.
 
@@ -192,7 +219,7 @@ def cluster_totals(local: Totals, heartbeats: Iterable[Mapping[bytes, bytes]]) -
     """
     figures = [local]
     for values in heartbeats:
-        counts = [values.get(name.encode(), b"") for name in _FIGURES]
-        if all(count.isascii() and count.isdigit() for count in counts):
-            figures.append(Totals(*(int(count) for count in counts)))
+        counts = [_count(values.get(name.encode(), b"")) for name in _FIGURES]
+        if None not in counts:
+            figures.append(Totals(*cast("list[int]", counts)))
     return Totals(*(sum(getattr(f, name) for f in figures) for name in _FIGURES))
