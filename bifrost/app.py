@@ -65,9 +65,7 @@ def create_app(settings: Settings | None = None, name: str = "bifrost") -> Sanic
     """Build the application from `settings`, or from the environment and `.env` when None."""
     settings = settings or load_settings(read_environment())
     configure_logging(settings.log_format)
-    # Sanic's overloads type `ctx` as a SimpleNamespace, though it takes any object as the
-    # context (its guide's custom context); the typed one is `bifrost.service.BifrostContext`.
-    app: BifrostSanic = BifrostSanic(  # type: ignore[call-overload]
+    app = BifrostSanic(
         name,
         dumps=dump_json,
         loads=orjson.loads,

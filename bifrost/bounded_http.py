@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from time import monotonic
-from types import SimpleNamespace
 from typing import Any, cast
 
 from sanic import Request, Sanic
@@ -31,7 +30,7 @@ from sanic.server import HttpProtocol
 
 from bifrost import metrics
 from bifrost.rules.admission import REFUSAL_HEADROOM, closed_unanswered
-from bifrost.service import service_of
+from bifrost.service import BifrostContext, service_of
 
 __all__ = ["BifrostSanic", "BoundedHttpProtocol", "close_after_answer", "open_connections"]
 
@@ -68,7 +67,8 @@ class BoundedHttpProtocol(HttpProtocol):
         self.timed_out = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)  # type: ignore[no-untyped-call]  # Sanic's is unannotated
+        # Sanic leaves HttpProtocol's methods unannotated.
+        super().connection_made(transport)  # type: ignore[no-untyped-call]
         max_connections = service_of(self.app).settings.max_connections
         if closed_unanswered(_open_connections(self), max_connections):
             ceiling = max_connections + REFUSAL_HEADROOM
@@ -127,7 +127,7 @@ def close_after_answer(request: Request) -> None:
     stream.keep_alive = False
 
 
-class BifrostSanic(Sanic[Config, SimpleNamespace]):
+class BifrostSanic(Sanic[Config, BifrostContext]):
     """The application class: serves with `BoundedHttpProtocol` unless told another."""
 
     def prepare(

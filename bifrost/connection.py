@@ -183,7 +183,7 @@ class Subscriber(asyncio.Protocol):
         ws = self._ws
         ws.receive_data(data)
         # Opened in State.OPEN, the parser never yields a handshake Request or Response.
-        frames = cast(list[Frame], ws.events_received())
+        frames = cast("list[Frame]", ws.events_received())
         now = monotonic()
         for frame in frames:
             if self.closed:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import cast
 
 from sanic import Request
 from sanic.response import HTTPResponse, json
@@ -48,7 +49,8 @@ def upgrade(request: Request, serve: SocketFactory, max_frame_bytes: int) -> HTT
     Returns the JSON error to answer when the request is no valid websocket upgrade, or None
     once the 101 is written and the connection belongs to the new protocol.
     """
-    transport: asyncio.Transport = request.transport  # type: ignore[assignment]
+    # Sanic types it as any transport; over HTTP/1.1 it is the event loop's TCP transport.
+    transport = cast(asyncio.Transport, request.transport)
     refusal = hand_over_refusal(
         content_length=request.headers.get("content-length"),
         transfer_encoding="transfer-encoding" in request.headers,

@@ -42,6 +42,7 @@ STOP_SIGNALS = SANIC_STOP_SIGNALS + EXTRA_STOP_SIGNALS
 async def stop_workers_on_signals(app: Sanic[Any, Any]) -> None:
     """In the main process, once the worker manager exists: HUP and QUIT stop it as TERM does."""
     for stop_signal in EXTRA_STOP_SIGNALS:
+        # The manager's own handler of INT and TERM, undocumented; tests/test_dependency_pins.py.
         signal.signal(stop_signal, app.manager.shutdown_signal)
 
 

@@ -190,7 +190,9 @@ def test_listen_reconnects_after_a_normal_close(start_server, workdir: Path):
     try:
         env = environ(JWT_SECRET=SECRET, BIFROST_URL=f"http://127.0.0.1:{proxy.port}")
         with _listening(env, workdir, "cli:idle") as listener:
-            said = _wait_for_line(listener.stderr, "connection closed")
+            # The handshake and then the token each reach the server one delay late.
+            _wait_for_line(listener.stderr, "subscribed to cli:idle", timeout=30)
+            said = _wait_for_line(listener.stderr, "connection closed", timeout=30)
             assert said.strip() == "connection closed (1001 Idle timeout), reconnecting"
             assert listener.process.poll() is None
     finally:

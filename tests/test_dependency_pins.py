@@ -24,10 +24,14 @@ from prometheus_client import values
 from sanic import Sanic
 from sanic.http import Http, Stage
 from sanic.server import HttpProtocol
+from sanic.worker.manager import WorkerManager
+from sanic_ext.config import Config as OpenAPIConfig
+from sanic_ext.extensions.openapi.blueprint import blueprint_factory
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
+from bifrost.blueprints.pages import OPENAPI_DOCUMENT_ROUTE
 from bifrost.rules.tokens import TokenVerifier
 
 SECRET = "pin-secret-" + "x" * 60
@@ -118,6 +122,27 @@ def test_sanic_handler_marked_as_websocket_returns_nothing():
     """`/subscribe` answers by upgrading and returns None: Sanic accepts that only from a
     handler carrying `is_websocket`."""
     assert inspect.getsource(Sanic.handle_request).count('hasattr(handler, "is_websocket")') == 2
+
+
+def test_sanic_worker_manager_handles_stop_signals():
+    """`bifrost.signals` hands HUP and QUIT to the worker manager's handler of INT and TERM,
+    a signal handler taking `(signal, frame)`."""
+    assert isinstance(Sanic.manager, property)
+    assert _parameters(WorkerManager.shutdown_signal) == ["self", "signal", "frame"]
+    assert "self.shutdown()" in inspect.getsource(WorkerManager.shutdown_signal)
+
+
+def test_sanic_ext_openapi_route_names():
+    """`bifrost.blueprints.pages` tells sanic-ext's pages by route name: all start `openapi.`,
+    and `openapi.spec` is the document (served in production: test_pages)."""
+    app = Sanic("dependency_pins")
+    app.blueprint(blueprint_factory(OpenAPIConfig()))
+    routes = {
+        route.name.removeprefix("dependency_pins."): route.path for route in app.router.routes
+    }
+    assert routes[OPENAPI_DOCUMENT_ROUTE] == "docs/openapi.json"
+    assert all(name.startswith("openapi.") for name in routes)
+    assert {"docs/swagger", "docs/redoc"} <= set(routes.values())
 
 
 def test_websockets_open_parser_yields_frames_only():

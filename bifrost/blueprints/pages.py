@@ -38,7 +38,8 @@ STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 PLAYGROUND_CHANNEL = "playground"
 PLAYGROUND_TTL = 60.0
 # The route of the OpenAPI document among sanic-ext's `/docs` routes: the one kept outside
-# development mode, since API clients and the tests' generated requests read it.
+# development mode, since API clients and the tests' generated requests read it. sanic-ext
+# documents no route names; tests/test_dependency_pins.py pins them.
 OPENAPI_DOCUMENT_ROUTE = "openapi.spec"
 # Same-origin only: the pages load their scripts and styles from here and talk to here.
 CONTENT_SECURITY_POLICY = (
