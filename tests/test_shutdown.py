@@ -60,6 +60,8 @@ async def post_until_refused(
             assert response.status_code in {200, 503}, response.text
             answers[n] = response.json().get("deliveries")
             if response.status_code == 503:
+                # Told to retry elsewhere: this connection goes with its instance.
+                assert response.headers["connection"] == "close"
                 return
             if answered is not None:
                 answered.set()

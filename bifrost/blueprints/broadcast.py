@@ -16,6 +16,7 @@ from sanic_ext import openapi
 
 from bifrost import metrics
 from bifrost.blueprints.schemas import BroadcastAnswer, BroadcastRequest, ErrorAnswer
+from bifrost.bounded_http import close_after_answer
 from bifrost.brokers.base import BrokerUnavailable
 from bifrost.rules.tokens import TokenRejected
 from bifrost.service import service_of
@@ -37,13 +38,11 @@ async def broadcast(request: Request) -> HTTPResponse:
     """Verify the token, then hand its message to every subscriber of its channels."""
     service = service_of(request.app)
     if service.stopping.is_set():
-        # Its sockets are closed: the sender must retry on an instance that is not stopping.
+        # Its sockets are closed: the sender must retry on an instance that is not stopping,
+        # on a new connection (Sanic writes its own `Connection` header over a handler's).
         metrics.broadcast_answered(503)
-        return json(
-            {"error": "service restarting: not delivered, retry"},
-            status=503,
-            headers={"connection": "close"},
-        )
+        close_after_answer(request)
+        return json({"error": "service restarting: not delivered, retry"}, status=503)
     try:
         body = orjson.loads(request.body)
     except orjson.JSONDecodeError:
