@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
@@ -384,4 +385,34 @@ async def test_reconnect_to_another_node_while_broadcasts_go_on(node: Node):
     assert received == list(range(60))
     assert reader.since["feed"]["offset"] == 60
     await reader.nothing_more()
+    await reader.close()
+
+
+@pytest.mark.parametrize("broker", ["redis"])
+async def test_positioned_sockets_are_sent_to_recover_when_redis_is_lost(
+    node: Node, redis_server: RedisServer
+):
+    """A node that stops hearing Redis closes its positioned sockets with 1013, so that they
+    come back and recover (or hear they cannot) rather than miss messages unawares."""
+    live = node()
+    reader = Reader(["room"])
+    await reader.connect(live)
+    async with connect(live.ws_url) as plain:
+        await plain.send(json.dumps({"event": "authenticate", "data": subscribe_token(["room"])}))
+        assert (await receive_json(plain))["event"] == "subscribed"
+        redis_server.stop()
+        assert reader.ws is not None
+        await asyncio.wait_for(reader.ws.wait_closed(), 10)
+        assert (reader.ws.close_code, reader.ws.close_reason) == (1013, "Try again later")
+        await plain.send('{"event":"ping"}')
+        assert await receive_json(plain) == {"event": "pong"}
+    redis_server.start()
+    for _ in range(100):
+        if httpx.get(f"{live.url}/readyz").status_code == 200:
+            break
+        await asyncio.sleep(0.1)
+    subscribed = await reader.connect(live)
+    assert subscribed["room"]["recovered"] is False  # that Redis kept nothing
+    await broadcast(live, "after", "room")
+    assert await reader.messages(1) == ["after"]
     await reader.close()
