@@ -20,7 +20,7 @@ from bifrost import __version__
 from bifrost.blueprints import all_blueprints
 from bifrost.blueprints.pages import api_pages_in_development_only
 from bifrost.bounded_http import BifrostSanic
-from bifrost.brokers.base import Broker
+from bifrost.brokers.base import Broker, HistoryLimits
 from bifrost.brokers.local import LocalBroker
 from bifrost.connection import Subscriber
 from bifrost.errors import JSONErrorHandler
@@ -189,13 +189,20 @@ def _make_broker(settings: Settings, registry: ChannelRegistry[Subscriber]) -> B
 
     Either is handed the registry's fan-out and figures, never the registry itself.
     """
+    history = None
+    if settings.history_size:
+        history = HistoryLimits(settings.history_size, settings.history_ttl)
     if settings.redis_url:
         from bifrost.brokers.redis import RedisBroker
 
         return RedisBroker(
-            settings.redis_url, settings.redis_prefix, registry.deliver, registry.figures
+            settings.redis_url,
+            settings.redis_prefix,
+            registry.deliver,
+            registry.figures,
+            history,
         )
-    return LocalBroker(registry.deliver, registry.figures)
+    return LocalBroker(registry.deliver, registry.figures, history)
 
 
 def _base_url(app: Sanic[Any, Any]) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from bifrost.rules.history import Entry
 from bifrost.rules.protocol import text_frame
 from bifrost.rules.registry import ChannelRegistry, Totals
 
@@ -14,6 +15,8 @@ class FakeSocket:
 
     channels: set[str] = field(default_factory=set)
     received: list[bytes] = field(default_factory=list)
+    positioned: bool = False
+    held: list[Entry] | None = None
 
     def write(self, frame: bytes) -> None:
         self.received.append(frame)
