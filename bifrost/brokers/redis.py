@@ -31,7 +31,7 @@ import contextlib
 import logging
 import random
 import uuid
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from functools import partial
 from time import monotonic
 from typing import Any, cast
@@ -110,9 +110,13 @@ class RedisBroker(Broker):
         deliver: Deliver,
         figures: Figures,
         history: HistoryLimits | None = None,
+        interrupted: Callable[[], object] | None = None,
     ) -> None:
         self._names = RedisNames(prefix)
         self._history = history
+        # Called when live delivery to this node stops: what is published until the listener
+        # is back never reaches its sockets, and positioned ones can recover it elsewhere.
+        self._interrupted = interrupted
         self._deliver = deliver
         self._figures = figures
         self._node = uuid.uuid4().hex
@@ -468,9 +472,12 @@ class RedisBroker(Broker):
     def _lost(self, reason: str, error: Exception | None) -> None:
         """Refuse broadcasts from now on; the reason is public (`/readyz`), the error is logged."""
         self._last_error = error
-        if self._unavailable is None:
+        was_available = self._unavailable is None
+        if was_available:
             logger.error("lost Redis: %s", error or reason)
         self._unavailable = reason
+        if was_available and self._interrupted is not None:
+            self._interrupted()
         for pending, _ in self._pending.values():
             pending.give_up()
 

@@ -58,7 +58,9 @@ class Streams:
             (channel, Position(stream.epoch, stream.top))
             for channel, stream in zip(channels, streams, strict=True)
         )
-        entry = Entry(payload, positions)
+        # A copy of exactly its size: orjson's output keeps the 4 KiB buffer it was written in,
+        # which a kept message would hold for as long as it is kept.
+        entry = Entry(memoryview(payload).tobytes(), positions)
         for stream in streams:
             stream.entries.append(entry)
         return positions
