@@ -11,6 +11,7 @@ import asyncio
 import json
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -374,3 +375,27 @@ async def test_no_stream_token_ever_reaches_the_log(start_server, log_format: st
     assert "token=[redacted]" in log, "access lines were written, the token taken out"
     assert "%74oken=[redacted]" in log
     assert_no_secret_in(log, [good, *refused])
+
+
+async def test_the_readmes_curl_line_shows_the_stream(start_server):
+    """The README's `curl -N` line, pointed at a live server with a real token, prints the
+    `retry:`, the `subscribed` event and a broadcast as it comes."""
+    live = start_server()
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    [line] = [text for text in readme.splitlines() if text.startswith("curl -N ")]
+    command = line.replace("http://127.0.0.1:8000", live.url).replace(
+        "eyJhbGciOiJIUzUxMiIs...", subscribe_token(["global"])
+    )
+    curl = await asyncio.create_subprocess_shell(
+        f"timeout 3 {command}", stdout=asyncio.subprocess.PIPE
+    )
+    await wait_for_connected(live, 1, timeout=5)
+    await broadcast(live, "seen by curl", "global")
+    output, _ = await curl.communicate()
+    lines = output.decode().splitlines()
+    assert lines[0].startswith("retry: ")
+    data = [json.loads(text.removeprefix("data: ")) for text in lines if text.startswith("data:")]
+    assert data == [
+        {"event": "subscribed", "data": '{"channel":"global"}'},
+        {"event": "note", "data": "seen by curl"},
+    ]
