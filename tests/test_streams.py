@@ -82,7 +82,7 @@ def test_a_stream_keeps_its_last_size_messages():
     snapshot = streams.snapshot("c", Position("e1", 0), now=6)
     assert (snapshot.epoch, snapshot.top) == ("e1", 5)
     assert [entry.payload for entry in snapshot.entries] == [b"m3", b"m4", b"m5"]
-    assert [entry.positions_in("c").offset for entry in snapshot.entries] == [3, 4, 5]
+    assert [dict(entry.positions)["c"].offset for entry in snapshot.entries] == [3, 4, 5]
     assert payloads(streams, "c", Position("e1", 3), now=6) == [b"m4", b"m5"]
     assert payloads(streams, "c", Position("e1", 5), now=6) == []
 
