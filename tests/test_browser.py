@@ -97,15 +97,6 @@ def test_status_page_figures_follow_broadcasts(start_server, browser: BrowserPag
         assert_not_blank(browser.screenshot("status-page.png"))
 
 
-@pytest.fixture
-def redis_server(log_dir: Path) -> Iterator[RedisServer]:
-    """A redis-server of the test's own; asked for before `start_server`, so that it stops
-    after the nodes that use it."""
-    redis = RedisServer(log_dir).start()
-    yield redis
-    redis.stop()
-
-
 def readme_browser_snippet(heading: str = COMPAT_SECTION) -> str:
     """The first JavaScript block of the README's section `heading`, verbatim."""
     text = README.read_text()

@@ -67,15 +67,6 @@ def bifrost(
 
 
 @pytest.fixture
-def redis_server(log_dir: Path) -> Iterator[RedisServer]:
-    """A redis-server of the test's own; asked for before `start_server`, so that it stops
-    after the nodes that use it."""
-    redis = RedisServer(log_dir).start()
-    yield redis
-    redis.stop()
-
-
-@pytest.fixture
 def subscriber(server: BifrostServer) -> Iterator[ClientConnection]:
     """A socket subscribed to `cli:room`."""
     with connect(server.ws_url) as ws:
