@@ -21,9 +21,9 @@ from bifrost.client import BifrostClient
 from tests.chromium import BrowserPage, assert_not_blank
 from tests.live import SECRET, BifrostServer, subscribe_token
 from tests.redis_server import RedisServer
-from tests.test_browser import README, ApplicationServer, browser, figure, redis_server
+from tests.test_browser import README, ApplicationServer, browser, figure
 
-__all__ = ["browser", "redis_server"]  # the fixtures, shared with the other browser tests
+__all__ = ["browser"]  # the fixture, shared with the other browser tests
 
 SECTION = "## Server-sent events: EventSource and curl"
 HISTORY = {"BIFROST_HISTORY_SIZE": "200"}
