@@ -154,7 +154,8 @@ async def test_sockets_closed_by_the_server_are_logged_with_their_reason(start_s
     log = live.log()
     assert "closing socket: Authentication timeout" in log
     assert "closing socket of 127.0.0.1: Binary frames are not accepted" in log
-    assert " INFO bifrost.subscribe: stopping: closing 2 sockets with 1012 (service restart)" in log
+    stopping = "stopping: closing 2 subscribers (websockets with 1012, event streams ended)"
+    assert f" INFO bifrost.subscribe: {stopping}" in log
 
 
 def test_unknown_log_format_stops_start_up():

@@ -96,7 +96,10 @@ async def close_subscriptions(app: Sanic[Any, Any]) -> None:
     registry = service_of(app).registry
     subscribers = registry.listeners()
     if subscribers:
-        logger.info("stopping: closing %d sockets with 1012 (service restart)", len(subscribers))
+        logger.info(
+            "stopping: closing %d subscribers (websockets with 1012, event streams ended)",
+            len(subscribers),
+        )
     for subscriber in subscribers:
         subscriber.close(SERVICE_RESTART)
     try:
