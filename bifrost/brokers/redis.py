@@ -92,6 +92,8 @@ HEARTBEAT_TTL = 3
 # The set naming every node outlives its members, and vanishes once a deployment is gone.
 NODES_TTL = 60
 RECONNECT_BACKOFF = (0.1, 0.2, 0.5, 1.0)
+# How long a stop waits for a cancelled task before it cancels it again.
+CANCEL_RETRY_INTERVAL = 0.1
 
 REDIS_FAILURES = (RedisError, OSError, TimeoutError)
 CONNECTING = "connecting to Redis"
@@ -148,6 +150,9 @@ class RedisBroker(Broker):
         self._answers: asyncio.Queue[tuple[bytes, bytes]] = asyncio.Queue()
         self._answerer: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        # Set once `stop` begins: the loops end at their next turn, whatever became of the
+        # cancellation that should have ended them.
+        self._stopping = False
 
     async def start(self) -> None:
         """Connect, but serve even while Redis is down: readiness says so, reconnection goes on."""
@@ -168,15 +173,13 @@ class RedisBroker(Broker):
         in_flight = [done for _, done in self._pending.values() if not done.done()]
         if in_flight:
             await asyncio.wait(in_flight, timeout=REPLY_TIMEOUT)
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._stopping = True
+        await _cancelled(self._tasks)
         if self._answerer is not None:
             # Answers already owed go out, so that no publisher waits for them in vain.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._answers.join(), COMMAND_TIMEOUT)
-            self._answerer.cancel()
-            await asyncio.gather(self._answerer, return_exceptions=True)
+            await _cancelled([self._answerer])
         # This node stops counting at once, rather than when its heartbeat expires.
         with contextlib.suppress(*REDIS_FAILURES):
             async with asyncio.timeout(COMMAND_TIMEOUT):
@@ -350,7 +353,7 @@ class RedisBroker(Broker):
     async def _listen_forever(self) -> None:
         """Hold the pub/sub connection; after a loss, reconnect and resubscribe every channel."""
         attempt = 0
-        while True:
+        while not self._stopping:
             pubsub = self._listening.pubsub()
             try:
                 await pubsub.subscribe(self._reply_channel)
@@ -485,7 +488,7 @@ class RedisBroker(Broker):
 
     async def _answer_forever(self) -> None:
         """Send the answers queued by the listener, so that it never waits on a round trip."""
-        while True:
+        while not self._stopping:
             batch = [await self._answers.get()]
             while not self._answers.empty():
                 batch.append(self._answers.get_nowait())
@@ -503,7 +506,7 @@ class RedisBroker(Broker):
     # -- the heartbeat: this node's figures, expiring if the node dies --------------------
 
     async def _heartbeat_forever(self) -> None:
-        while True:
+        while not self._stopping:
             with contextlib.suppress(*REDIS_FAILURES):  # the listener reports Redis lost
                 async with asyncio.timeout(COMMAND_TIMEOUT):
                     pipe = self._commands.pipeline(transaction=True)
@@ -522,11 +525,27 @@ async def _until_one_fails(*loops: Coroutine[Any, Any, None]) -> None:
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await _cancelled(tasks)
     for task in done:
         task.result()
+
+
+async def _cancelled(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel the tasks and wait for them to end, cancelling again those that go on.
+
+    On Python 3.11, redis-py sends a command inside `asyncio.wait_for`, which can lose a
+    cancellation that arrives as the command completes: the task then goes on, and a stop that
+    waited for it would never end (a node that ignored SIGTERM until it was killed). A task
+    still running after `COMMAND_TIMEOUT` is left, and logged.
+    """
+    pending = {task for task in tasks if not task.done()}
+    deadline = asyncio.get_running_loop().time() + COMMAND_TIMEOUT
+    while pending and asyncio.get_running_loop().time() < deadline:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=CANCEL_RETRY_INTERVAL)
+    if pending:
+        logger.warning("stopping: %d Redis tasks did not end", len(pending))
 
 
 def _milliseconds(seconds: float) -> int:
