@@ -24,7 +24,7 @@ from bifrost.bounded_http import BifrostSanic
 from bifrost.brokers.base import Broker, HistoryLimits
 from bifrost.brokers.local import LocalBroker
 from bifrost.errors import JSONErrorHandler
-from bifrost.limits import raise_open_file_limit
+from bifrost.limits import raise_open_file_limit, widen_accept_queues
 from bifrost.logs import configure_logging, redact_query_tokens, sanic_log_config
 from bifrost.reaper import reap_idle_sockets
 from bifrost.rules.devmode import first_steps
@@ -83,6 +83,7 @@ def create_app(settings: Settings | None = None, name: str = "bifrost") -> Sanic
     app.main_process_ready(stop_workers_on_signals)
     app.before_server_start(stop_server_on_signals)
     app.before_server_start(open_service)
+    app.after_server_start(widen_accept_queue)
     app.before_server_stop(begin_stopping, priority=BEGIN_STOPPING_PRIORITY)
     app.before_server_stop(close_service)
     return app
@@ -140,6 +141,13 @@ async def open_service(app: Sanic[Any, Any]) -> None:
     context = context_of(app)
     service = context.service = Service(settings, registry, broker, verifier)
     context.reaper = app.add_task(reap_idle_sockets(registry, settings, service.stopping))
+
+
+async def widen_accept_queue(app: Sanic[Any, Any]) -> None:
+    """Queue as many connections on the listening socket as the process may hold, so that a
+    reconnect storm waits in the kernel instead of being dropped (`bifrost.limits`)."""
+    if not widen_accept_queues(service_of(app).settings.max_connections):
+        logger.warning("no listening socket found: the accept queue stays at Sanic's 100")
 
 
 def _checked_settings(app: Sanic[Any, Any]) -> Settings:

@@ -1,21 +1,32 @@
-"""The process's open-file limit, raised to what the connection limit needs where allowed.
+"""The process's open-file limit and its listening sockets' accept queue, raised to what the
+connection limit needs where allowed.
 
 Every socket is a file descriptor: with the common soft limit of 1,024, a process set to hold
 10,000 connections would fail on accept long before refusing handshakes with a clear 503. The
 limit leaves room past the connection limit for the connections that are answered 503.
+
+Sanic listens with a backlog of 100, which its command line cannot change: when a deploy's
+1012 sends thousands of browsers to the node still up, the kernel drops what does not fit
+and those clients retry their connection 1, 3 and 7 s later, long enough to fall out of reach
+of the history. Listening again on the bound socket with a longer backlog is how a running
+server changes it (the kernel caps it at `net.core.somaxconn`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import resource
+import socket
 
 from bifrost.rules.admission import REFUSAL_HEADROOM
 
-__all__ = ["FILES_BESIDES_SOCKETS", "raise_open_file_limit"]
+__all__ = ["FILES_BESIDES_SOCKETS", "raise_open_file_limit", "widen_accept_queues"]
 
 logger = logging.getLogger("bifrost")
 
+# Where Linux lists a process's open descriptors; elsewhere the backlog stays Sanic's.
+PROCESS_DESCRIPTORS = "/proc/self/fd"
 # Descriptors the process holds besides client sockets: listeners, logs, broker, imports.
 FILES_BESIDES_SOCKETS = 64
 
@@ -40,3 +51,25 @@ def raise_open_file_limit(max_connections: int) -> int:
             REFUSAL_HEADROOM + FILES_BESIDES_SOCKETS,
         )
     return soft
+
+
+def widen_accept_queues(backlog: int) -> int:
+    """Let each TCP socket this process listens on queue `backlog` connections not yet
+    accepted; return how many it found.
+
+    The sockets are found among the process's descriptors, since Sanic keeps the one it
+    listens on to itself, bound by the main process or by the worker depending on how it was
+    started: a descriptor of a socket that accepts connections is a listening one.
+    """
+    widened = 0
+    for name in os.listdir(PROCESS_DESCRIPTORS) if os.path.isdir(PROCESS_DESCRIPTORS) else ():
+        try:
+            same = socket.socket(fileno=os.dup(int(name)))
+        except OSError:
+            continue  # not a socket, or closed since the folder was read
+        with same:
+            listening = same.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+            if listening and same.type == socket.SOCK_STREAM:
+                same.listen(backlog)
+                widened += 1
+    return widened

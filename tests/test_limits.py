@@ -1,11 +1,19 @@
-"""The open-file limit is raised at start-up to what the connection limit needs."""
+"""The open-file limit and the accept queue are raised at start-up to what the connection
+limit needs."""
 
 from __future__ import annotations
 
 import resource
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
 
 from bifrost.limits import FILES_BESIDES_SOCKETS, raise_open_file_limit
 from bifrost.rules.admission import REFUSAL_HEADROOM
+
+SOMAXCONN = int(Path("/proc/sys/net/core/somaxconn").read_text())
 
 
 def test_soft_limit_is_raised_towards_the_hard_limit():
@@ -19,3 +27,23 @@ def test_soft_limit_is_raised_towards_the_hard_limit():
         assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == now
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def listen_backlog(port: int) -> int:
+    """The accept queue's length of the socket listening on `port`, as the kernel reports it
+    (`ss` shows it as the listening socket's Send-Q)."""
+    ss = shutil.which("ss")
+    assert ss, "the backlog is read with ss (Debian's iproute2)"
+    listing = subprocess.run(
+        [ss, "-ltnH", f"sport = :{port}"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    return int(listing[2])
+
+
+@pytest.mark.parametrize("args", [("--single-process",), ()], ids=["single-process", "worker"])
+def test_the_accept_queue_holds_a_reconnect_storm(start_server, args):
+    """The listening socket queues as many connections as the process may hold (the kernel
+    capping it), not Sanic's 100: a deploy's reconnecting browsers wait instead of being
+    dropped and retrying seconds later."""
+    live = start_server({"BIFROST_MAX_CONNECTIONS": "1500"}, args=args, name="backlog")
+    assert listen_backlog(live.port) == min(1500, SOMAXCONN)
