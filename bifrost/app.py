@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+from functools import partial
 from typing import Any, NoReturn
 
 import orjson
@@ -20,7 +21,7 @@ from bifrost import __version__
 from bifrost.blueprints import all_blueprints
 from bifrost.blueprints.pages import api_pages_in_development_only
 from bifrost.bounded_http import BifrostSanic
-from bifrost.brokers.base import Broker
+from bifrost.brokers.base import Broker, HistoryLimits
 from bifrost.brokers.local import LocalBroker
 from bifrost.connection import Subscriber
 from bifrost.errors import JSONErrorHandler
@@ -28,6 +29,7 @@ from bifrost.limits import raise_open_file_limit
 from bifrost.logs import configure_logging, sanic_log_config
 from bifrost.reaper import reap_idle_sockets
 from bifrost.rules.devmode import first_steps
+from bifrost.rules.protocol import TRY_AGAIN_LATER
 from bifrost.rules.registry import ChannelRegistry
 from bifrost.rules.settings import (
     LOCAL_HOST,
@@ -189,13 +191,32 @@ def _make_broker(settings: Settings, registry: ChannelRegistry[Subscriber]) -> B
 
     Either is handed the registry's fan-out and figures, never the registry itself.
     """
+    history = None
+    if settings.history_size:
+        history = HistoryLimits(settings.history_size, settings.history_ttl)
     if settings.redis_url:
         from bifrost.brokers.redis import RedisBroker
 
         return RedisBroker(
-            settings.redis_url, settings.redis_prefix, registry.deliver, registry.figures
+            settings.redis_url,
+            settings.redis_prefix,
+            registry.deliver,
+            registry.figures,
+            history,
+            interrupted=partial(_close_positioned, registry),
         )
-    return LocalBroker(registry.deliver, registry.figures)
+    return LocalBroker(registry.deliver, registry.figures, history)
+
+
+def _close_positioned(registry: ChannelRegistry[Subscriber]) -> None:
+    """Live delivery stopped: tell positioned sockets to come back (1013), so that they
+    recover what is published meanwhile instead of missing it unawares. Unpositioned sockets
+    stay, as they always have: they could not recover it anyway."""
+    closing = [s for s in registry.listeners() if s.positioned]
+    if closing:
+        logger.warning("closing %d positioned sockets to recover elsewhere", len(closing))
+    for subscriber in closing:
+        subscriber.close(TRY_AGAIN_LATER)
 
 
 def _base_url(app: Sanic[Any, Any]) -> str:

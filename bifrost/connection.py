@@ -28,6 +28,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from bifrost.metrics import socket_closed_by_server
+from bifrost.rules.history import Entry
 from bifrost.rules.liveness import Liveness
 from bifrost.rules.protocol import RATE_LIMIT, SLOW_CONSUMER, ClientFrames, Close
 
@@ -66,7 +67,9 @@ class Subscriber(asyncio.Protocol):
         "_ws",
         "channels",
         "closed",
+        "held",
         "liveness",
+        "positioned",
         "write",
     )
     # Declared on the class, as `Listener` declares it, for the registry to take a Subscriber.
@@ -92,6 +95,10 @@ class Subscriber(asyncio.Protocol):
         self.channels: set[str] = set()
         self.liveness = Liveness(connected_at=now, last_heard=now)
         self.closed = False
+        # Set by the subscribe blueprint for a socket that sent `since` while history is on:
+        # its frames carry positions, and while it recovers its messages are held.
+        self.positioned = False
+        self.held: list[Entry] | None = None
 
     @property
     def peer(self) -> str:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from bifrost.rules.history import Entry
+from bifrost.rules.positions import Position
 from bifrost.rules.protocol import text_frame
 from bifrost.rules.registry import ChannelRegistry, Totals
 
@@ -14,6 +16,8 @@ class FakeSocket:
 
     channels: set[str] = field(default_factory=set)
     received: list[bytes] = field(default_factory=list)
+    positioned: bool = False
+    held: list[Entry] | None = None
 
     def write(self, frame: bytes) -> None:
         self.received.append(frame)
@@ -110,3 +114,60 @@ def test_join_leave_join_reports_each_occupation_and_vacancy():
     assert registry.withdraw(second) == [], "nor vacated while another still hears it"
     assert registry.withdraw(third) == ["x"]
     assert registry.channel_count == 0
+
+
+def test_positioned_frames_are_built_once_per_set_of_channels_heard():
+    """Sockets hearing the same channels of a message share one frame object; unpositioned
+    sockets share the plain frame, byte for byte the compat one."""
+    registry: ChannelRegistry[FakeSocket] = ChannelRegistry()
+    plain = FakeSocket()
+    both = [FakeSocket(positioned=True) for _ in range(3)]
+    only_a = [FakeSocket(positioned=True) for _ in range(2)]
+    for socket in (plain, *both, *only_a):
+        registry.connect(socket)
+    registry.subscribe(plain, ["a", "b"])
+    for socket in both:
+        registry.subscribe(socket, ["a", "b"])
+    for socket in only_a:
+        registry.subscribe(socket, ["a", "c"])
+    positions = (("a", Position("ea", 7)), ("b", Position("eb", 2)))
+    assert registry.deliver(["a", "b"], b'{"event":"e"}', positions) == 6
+    assert plain.received == [text_frame(b'{"event":"e"}')]
+    assert all(s.received[0] is both[0].received[0] for s in both)
+    assert all(s.received[0] is only_a[0].received[0] for s in only_a)
+    assert both[0].received == [
+        text_frame(
+            b'{"event":"e","positions":{"a":{"epoch":"ea","offset":7},'
+            b'"b":{"epoch":"eb","offset":2}}}'
+        )
+    ]
+    assert only_a[0].received == [
+        text_frame(b'{"event":"e","positions":{"a":{"epoch":"ea","offset":7}}}')
+    ]
+
+
+def test_a_recovering_socket_holds_its_messages():
+    """While a positioned socket recovers, what it is handed waits in `held`."""
+    registry: ChannelRegistry[FakeSocket] = ChannelRegistry()
+    socket = FakeSocket(positioned=True, held=[])
+    registry.connect(socket)
+    registry.subscribe(socket, ["a"])
+    positions = (("a", Position("e", 1)),)
+    assert registry.deliver(["a"], b'{"event":"e"}', positions) == 1
+    assert socket.received == []
+    assert socket.held == [Entry(b'{"event":"e"}', positions)]
+
+
+def test_a_socket_positioned_later_keeps_its_channels():
+    """A socket that becomes positioned still hears its channels, now with positions."""
+    registry: ChannelRegistry[FakeSocket] = ChannelRegistry()
+    socket = FakeSocket()
+    registry.connect(socket)
+    assert registry.subscribe(socket, ["a"]) == ["a"]
+    registry.position(socket)
+    assert registry.figures() == Totals(connected=1, deliveries=0, channels=1, subscriptions=1)
+    registry.deliver(["a"], b'{"event":"e"}', (("a", Position("e", 1)),))
+    assert socket.received == [
+        text_frame(b'{"event":"e","positions":{"a":{"epoch":"e","offset":1}}}')
+    ]
+    assert registry.disconnect(socket) == ["a"]

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from bifrost.rules.settings import (
+    DEFAULTS,
     LOCAL_HOST,
     ServeOptions,
     Settings,
@@ -162,3 +163,32 @@ def _as_shown(value: object) -> str:
     if isinstance(value, tuple):
         return ",".join(value)
     return str(value)
+
+
+def test_history_is_off_unless_sized():
+    """No history by default; a size turns it on, for the TTL given or 300 s."""
+    assert (DEFAULTS.history_size, DEFAULTS.history_ttl) == (0, 300)
+    settings = load_settings({"BIFROST_HISTORY_SIZE": "100", "BIFROST_HISTORY_TTL": "90.5"})
+    assert (settings.history_size, settings.history_ttl) == (100, 90.5)
+    assert load_settings({"BIFROST_HISTORY_SIZE": "0"}).history_size == 0
+
+
+@pytest.mark.parametrize(
+    ("variable", "raw"),
+    [
+        ("BIFROST_HISTORY_SIZE", "-1"),
+        ("BIFROST_HISTORY_SIZE", "ten"),
+        ("BIFROST_HISTORY_SIZE", "1.5"),
+        ("BIFROST_HISTORY_SIZE", "100000000"),
+        ("BIFROST_HISTORY_TTL", "0"),
+        ("BIFROST_HISTORY_TTL", "-5"),
+        ("BIFROST_HISTORY_TTL", "nan"),
+        ("BIFROST_HISTORY_TTL", "inf"),
+        ("BIFROST_HISTORY_TTL", "soon"),
+    ],
+)
+def test_bad_history_settings_stop_start_up(variable, raw):
+    """A wrong history setting is one line naming the variable and what to set."""
+    with pytest.raises(SettingsError, match=f"^{variable}=") as refused:
+        load_settings({variable: raw})
+    assert "set" in str(refused.value)

@@ -27,6 +27,9 @@ logger = logging.getLogger("bifrost.broadcast")
 
 broadcast_bp = Blueprint("broadcast")
 
+# With history on, positioned sockets find a message's positions under this key of its frame.
+POSITIONS_KEY = "positions"
+
 
 @broadcast_bp.post("/broadcast")
 @openapi.body({"application/json": BroadcastRequest}, required=True)
@@ -59,14 +62,22 @@ async def broadcast(request: Request) -> HTTPResponse:
     limit = service.settings.max_message_bytes
     if len(payload) > limit:
         return _error(f"message is {len(payload)} bytes of JSON, over the limit of {limit}", 413)
+    if service.settings.history_size and POSITIONS_KEY in order.message:
+        return _error(f"message key {POSITIONS_KEY!r} is the positions' own with history on", 400)
     started = perf_counter()
     try:
-        deliveries = await service.broker.publish(order.channels, payload)
+        published = await service.broker.publish(order.channels, payload)
     except BrokerUnavailable as failure:
         logger.warning("broadcast not delivered: %s", failure)
         return _error(f"message not delivered: {failure}", 503)
-    metrics.broadcast_delivered(deliveries, perf_counter() - started)
-    return json({"message": "Success", "deliveries": deliveries})
+    metrics.broadcast_delivered(published.deliveries, perf_counter() - started)
+    answer: dict[str, object] = {"message": "Success", "deliveries": published.deliveries}
+    if published.positions is not None:
+        answer["positions"] = {
+            channel: {"epoch": position.epoch, "offset": position.offset}
+            for channel, position in published.positions
+        }
+    return json(answer)
 
 
 def _error(reason: str, status: int) -> HTTPResponse:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["BroadcastAnswer", "BroadcastRequest", "ErrorAnswer", "Stats", "StatsAnswer"]
+__all__ = ["BroadcastAnswer", "BroadcastRequest", "ErrorAnswer", "Position", "Stats", "StatsAnswer"]
 
 
 @dataclass
@@ -15,11 +15,21 @@ class BroadcastRequest:
 
 
 @dataclass
+class Position:
+    """Where a message stands in one channel's stream."""
+
+    epoch: str
+    offset: int
+
+
+@dataclass
 class BroadcastAnswer:
-    """The message was handed to `deliveries` sockets."""
+    """The message was handed to `deliveries` sockets; with history on, `positions` is its
+    position in each channel it named."""
 
     message: str
     deliveries: int
+    positions: dict[str, Position] | None = None
 
 
 @dataclass

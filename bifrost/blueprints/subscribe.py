@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Collection, Coroutine
 from time import monotonic
 from typing import Any
 
@@ -24,6 +24,12 @@ from bifrost.brokers.base import BrokerUnavailable
 from bifrost.connection import CLOSE_HANDSHAKE_TIMEOUT, Subscriber
 from bifrost.handshake import refuse, upgrade
 from bifrost.rules.admission import admission_refusal
+from bifrost.rules.history import (
+    plan_recovery,
+    positioned_subscribed_reply,
+    unpositioned_subscribed_reply,
+)
+from bifrost.rules.positions import Position
 from bifrost.rules.protocol import (
     NOT_AUTHORIZED,
     PONG,
@@ -50,6 +56,9 @@ subscribe_bp = Blueprint("subscribe")
 # Below the app's 0: opened after the service is made, closed before it is let go of, and
 # after it has begun to stop (`bifrost.app.BEGIN_STOPPING_PRIORITY`).
 SUBSCRIPTIONS_PRIORITY = -10
+# A positioned socket's authenticate is carried out whole before the next: its new channels'
+# messages are held until it has recovered them.
+RECOVERY_IN_FLIGHT = "an authenticate is still being carried out: send the next after its replies"
 # How often shutdown looks whether every socket has finished its closing handshake.
 CLOSE_POLL_INTERVAL = 0.02
 
@@ -151,8 +160,8 @@ class Subscriptions:
     def message_received(self, subscriber: Subscriber, message: str) -> None:
         """Carry out what one message asks."""
         match interpret_frame(message):
-            case Authenticate(token=token):
-                self._authenticate(subscriber, token)
+            case Authenticate(token=token, since=since):
+                self._authenticate(subscriber, token, since)
             case Pong():
                 subscriber.send(PONG)
             case ErrorReply(reason=reason):
@@ -173,10 +182,15 @@ class Subscriptions:
         if vacated and self._service.broker.follows_channels:
             self._service.broker.channels_vacated(vacated)
 
-    def _authenticate(self, subscriber: Subscriber, token: object) -> None:
+    def _authenticate(
+        self, subscriber: Subscriber, token: object, since: dict[str, Position] | None
+    ) -> None:
         """Subscribe to the channels the token grants, or close the socket as not authorised;
         refuse, with an error, channels that would take the socket over its bound."""
         service = self._service
+        if subscriber.held is not None:
+            subscriber.send(error_reply(RECOVERY_IN_FLIGHT))
+            return
         try:
             channels = service.verifier.subscribe_channels(token)
         except TokenRejected as rejection:
@@ -194,26 +208,82 @@ class Subscriptions:
         # The token is good: the wait for the broker is bounded by the broker, and is no
         # failure of the client to authenticate.
         subscriber.liveness.authenticated = True
+        if since is not None and service.settings.history_size:
+            service.registry.position(subscriber)
+        if subscriber.positioned:
+            self._recover(subscriber, channels, since or {})
+            return
+        unrecovered = () if since is None else since.keys()
         occupied = service.registry.subscribe(subscriber, channels)
         broker = service.broker
         if not broker.follows_channels:
-            _confirm(subscriber, channels)
+            _confirm(subscriber, channels, unrecovered)
             return
         if occupied:
             broker.channels_occupied(occupied)
-        self._run(self._confirm_once_subscribed(subscriber, channels))
+        self._run(self._confirm_once_subscribed(subscriber, channels, unrecovered))
 
-    async def _confirm_once_subscribed(self, subscriber: Subscriber, channels: list[str]) -> None:
+    async def _confirm_once_subscribed(
+        self, subscriber: Subscriber, channels: list[str], unrecovered: Collection[str]
+    ) -> None:
         """Say `subscribed` only once the broker carries every channel's broadcasts here, or
         tell the client to come back when it cannot say so in time."""
         try:
             await self._service.broker.wait_subscribed(channels)
         except BrokerUnavailable as error:
-            if not subscriber.closed:
-                logger.warning("closing socket of %s: %s", subscriber.peer, error)
-                subscriber.close(TRY_AGAIN_LATER)
+            self._unavailable(subscriber, error)
             return
-        _confirm(subscriber, channels)
+        _confirm(subscriber, channels, unrecovered)
+
+    def _recover(
+        self, subscriber: Subscriber, channels: list[str], since: dict[str, Position]
+    ) -> None:
+        """Subscribe a positioned socket to its new channels live, holding what they bring,
+        then tell it where each continues and send what it missed before releasing them."""
+        new = [channel for channel in channels if channel not in subscriber.channels]
+        subscriber.held = []
+        occupied = self._service.registry.subscribe(subscriber, new)
+        if occupied and self._service.broker.follows_channels:
+            self._service.broker.channels_occupied(occupied)
+        self._run(self._release_once_recovered(subscriber, channels, new, since))
+
+    async def _release_once_recovered(
+        self,
+        subscriber: Subscriber,
+        channels: list[str],
+        new: list[str],
+        since: dict[str, Position],
+    ) -> None:
+        settings = self._service.settings
+        broker = self._service.broker
+        try:
+            await broker.wait_subscribed(new)
+            snapshots = await broker.snapshot(new, since) if new else {}
+        except BrokerUnavailable as error:
+            subscriber.held = None
+            self._unavailable(subscriber, error)
+            return
+        held, subscriber.held = subscriber.held or [], None
+        if subscriber.closed:
+            return
+        recovery = plan_recovery(
+            new, since, snapshots, settings.history_size, settings.max_pending_bytes // 2
+        )
+        for channel in channels:
+            start = recovery.starts.get(channel)
+            if start is None:  # heard already: its messages simply go on
+                subscriber.send(subscribed_reply(channel))
+            else:
+                recovered = recovery.recovered.get(channel)
+                subscriber.send(positioned_subscribed_reply(channel, start, recovered))
+        for frame in recovery.frames(held, subscriber.channels):
+            subscriber.send(frame)
+
+    def _unavailable(self, subscriber: Subscriber, error: BrokerUnavailable) -> None:
+        """The broker cannot say the socket hears its channels: it must come back later."""
+        if not subscriber.closed:
+            logger.warning("closing socket of %s: %s", subscriber.peer, error)
+            subscriber.close(TRY_AGAIN_LATER)
 
     def _run(self, call: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(call)
@@ -230,6 +300,11 @@ class Subscriptions:
         await asyncio.gather(*self._in_flight, return_exceptions=True)
 
 
-def _confirm(subscriber: Subscriber, channels: list[str]) -> None:
+def _confirm(subscriber: Subscriber, channels: list[str], unrecovered: Collection[str]) -> None:
+    """`subscribed` for each channel; with history off, one that `since` named is not
+    recovered, there being nothing to resume from."""
     for channel in channels:
-        subscriber.send(subscribed_reply(channel))
+        if channel in unrecovered:
+            subscriber.send(unpositioned_subscribed_reply(channel))
+        else:
+            subscriber.send(subscribed_reply(channel))

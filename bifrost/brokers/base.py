@@ -8,6 +8,10 @@ it is made, the two things of its own process it needs: `deliver`, the local fan
 pull the next message, the broker pushes each message into `deliver` as it arrives: the count
 it returns is what a node answers the publisher with, so that `deliveries` is exact.
 
+With history on (`BIFROST_HISTORY_SIZE`), the broker also keeps each channel's stream: a
+broadcast is given its positions in the same step that carries it, and `snapshot` reads the
+streams back for a socket that recovers (`bifrost.rules.history` decides what it is told).
+
 The blueprints never know which broker runs: the in-process one (`bifrost.brokers.local`)
 serves one worker with no configuration; the Redis one (`bifrost.brokers.redis`) implements
 the same verbs between workers and nodes and answers the same totals.
@@ -16,16 +20,44 @@ the same verbs between workers and nodes and answers the same totals.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
+from bifrost.rules.history import ChannelSnapshot
+from bifrost.rules.positions import MessagePositions, Position
 from bifrost.rules.registry import Totals
 
-__all__ = ["Broker", "BrokerUnavailable", "Deliver", "Figures", "Totals"]
+__all__ = [
+    "Broker",
+    "BrokerUnavailable",
+    "Deliver",
+    "Figures",
+    "HistoryLimits",
+    "Published",
+    "Totals",
+]
 
-# The local fan-out: a message's JSON to the sockets of these channels; how many took it.
-Deliver = Callable[[Sequence[str], bytes], int]
+# The local fan-out: a message's JSON, and its positions when history is on, to the sockets of
+# these channels; how many took it.
+Deliver = Callable[[Sequence[str], bytes, MessagePositions | None], int]
 # This process's own connections, deliveries, channels and subscriptions.
 Figures = Callable[[], Totals]
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryLimits:
+    """How many messages each channel keeps, and for how many seconds after its last one."""
+
+    size: int
+    ttl: float
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """What a broadcast came to: the sockets it reached, and its positions when history is on."""
+
+    deliveries: int
+    positions: MessagePositions | None = None
 
 
 class BrokerUnavailable(Exception):
@@ -69,10 +101,22 @@ class Broker(ABC):
         """
 
     @abstractmethod
-    async def publish(self, channels: Sequence[str], payload: bytes) -> int:
-        """Carry a message's JSON to every process's `deliver`; return how many sockets got it.
+    async def publish(self, channels: Sequence[str], payload: bytes) -> Published:
+        """Carry a message's JSON to every process's `deliver`, keeping it in the channels'
+        streams when history is on; say how many sockets got it.
 
         Raises BrokerUnavailable when the message cannot be carried.
+        """
+
+    @abstractmethod
+    async def snapshot(
+        self, channels: Sequence[str], since: Mapping[str, Position]
+    ) -> dict[str, ChannelSnapshot]:
+        """Each channel's stream at one instant, with the messages kept after its `since`
+        position, read after every live message published before that instant has reached
+        this process's `deliver`; history must be on.
+
+        Raises BrokerUnavailable when the streams cannot be read.
         """
 
     @abstractmethod

@@ -9,6 +9,12 @@ and answers the other copies with zero. PUBLISH says how many copies went out, s
 knows how many answers to wait for: `deliveries` is exact across nodes, and bounded in time
 when a node stops answering.
 
+With history on, a broadcast is one server-side script instead (`bifrost.brokers.redis_scripts`)
+that gives it its offsets, keeps it in each channel's stream and publishes it, and a
+recovering socket's streams are read by another that ends with a barrier on this node's reply
+channel: the snapshot is used once the barrier has come back, when every live message
+published before it has been handed to `deliver`.
+
 Figures for `/info.json` come from a heartbeat hash per node that expires, so a node that dies
 without saying goodbye stops counting within `HEARTBEAT_TTL` seconds.
 
@@ -25,7 +31,7 @@ import contextlib
 import logging
 import random
 import uuid
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from functools import partial
 from time import monotonic
 from typing import Any, cast
@@ -37,7 +43,18 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from bifrost.brokers.base import Broker, BrokerUnavailable, Deliver, Figures, Totals
+from bifrost.brokers.base import (
+    Broker,
+    BrokerUnavailable,
+    Deliver,
+    Figures,
+    HistoryLimits,
+    Published,
+    Totals,
+)
+from bifrost.brokers.redis_scripts import PUBLISH_SCRIPT, SNAPSHOT_SCRIPT
+from bifrost.rules.history import ChannelSnapshot
+from bifrost.rules.positions import MessagePositions, Position, new_epoch
 from bifrost.rules.relay import (
     Envelope,
     PendingBroadcast,
@@ -46,8 +63,11 @@ from bifrost.rules.relay import (
     cluster_totals,
     decode_answer,
     decode_envelope,
+    decode_positions,
+    decode_snapshot,
     encode_answer,
     encode_envelope,
+    envelope_head,
     heartbeat,
     other_nodes,
 )
@@ -83,8 +103,20 @@ class RedisBroker(Broker):
     `deliver` is this process's fan-out and `figures` its own counts (see `bifrost.brokers.base`).
     """
 
-    def __init__(self, url: str, prefix: str, deliver: Deliver, figures: Figures) -> None:
+    def __init__(
+        self,
+        url: str,
+        prefix: str,
+        deliver: Deliver,
+        figures: Figures,
+        history: HistoryLimits | None = None,
+        interrupted: Callable[[], object] | None = None,
+    ) -> None:
         self._names = RedisNames(prefix)
+        self._history = history
+        # Called when live delivery to this node stops: what is published until the listener
+        # is back never reaches its sockets, and positioned ones can recover it elsewhere.
+        self._interrupted = interrupted
         self._deliver = deliver
         self._figures = figures
         self._node = uuid.uuid4().hex
@@ -99,6 +131,10 @@ class RedisBroker(Broker):
         }
         self._commands = redis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), **options)
         self._listening = redis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), **options)
+        self._publish_script = self._commands.register_script(PUBLISH_SCRIPT)
+        self._snapshot_script = self._commands.register_script(SNAPSHOT_SCRIPT)
+        # Per snapshot awaiting its barrier on the reply channel, the end of its wait.
+        self._barriers: dict[bytes, asyncio.Future[None]] = {}
         # Per channel, the subscriptions asked of Redis and the answers owed; commands for the
         # pub/sub connection wait in its outbox, sent in order by the task that owns it.
         self._book: SubscriptionBook[asyncio.Future[None]] = SubscriptionBook(self._new_waiter)
@@ -183,21 +219,17 @@ class RedisBroker(Broker):
     def _new_waiter(self) -> asyncio.Future[None]:
         return asyncio.get_running_loop().create_future()
 
-    async def publish(self, channels: Sequence[str], payload: bytes) -> int:
+    async def publish(self, channels: Sequence[str], payload: bytes) -> Published:
         if self._unavailable:
             raise BrokerUnavailable(self._unavailable)
         envelope = Envelope(uuid.uuid4().hex, self._node, list(channels), payload)
-        data = encode_envelope(envelope)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         pending = PendingBroadcast(on_settled=partial(done.set_result, None))
         self._pending[envelope.id] = (pending, done)
         try:
             try:
                 async with asyncio.timeout(COMMAND_TIMEOUT):
-                    pipe = self._commands.pipeline(transaction=False)
-                    for channel in envelope.channels:
-                        pipe.publish(self._names.channel(channel), data)
-                    copies = sum(await pipe.execute())
+                    copies, positions = await self._send_broadcast(envelope)
             except REDIS_FAILURES as error:
                 logger.warning("Redis did not take broadcast %s: %s", envelope.id, error)
                 raise BrokerUnavailable("Redis did not take the message") from None
@@ -222,9 +254,70 @@ class RedisBroker(Broker):
                     copies,
                     pending.deliveries,
                 )
-            return pending.deliveries
+            return Published(pending.deliveries, positions)
         finally:
             del self._pending[envelope.id]
+
+    async def _send_broadcast(self, envelope: Envelope) -> tuple[int, MessagePositions | None]:
+        """PUBLISH the envelope on each channel, or with history on run the script that also
+        keeps it; return the copies that went out, and the positions the script gave it."""
+        names = self._names
+        if self._history is None:
+            data = encode_envelope(envelope)
+            pipe = self._commands.pipeline(transaction=False)
+            for channel in envelope.channels:
+                pipe.publish(names.channel(channel), data)
+            return sum(await pipe.execute()), None
+        channels = envelope.channels
+        keys = [key for c in channels for key in (names.meta(c), names.stream(c))]
+        head = envelope_head(envelope.id, envelope.reply, channels)
+        args: list[bytes | str | int] = [
+            self._history.size,
+            _milliseconds(self._history.ttl),
+            head,
+            envelope.payload,
+            *(new_epoch() for _ in channels),
+            *(names.channel(c) for c in channels),
+        ]
+        copies, line = await self._publish_script(keys=keys, args=args)
+        return copies, decode_positions(channels, line)
+
+    async def snapshot(
+        self, channels: Sequence[str], since: Mapping[str, Position]
+    ) -> dict[str, ChannelSnapshot]:
+        """Read the streams in one script, then wait for its barrier to come back through the
+        pub/sub connection, behind every live message published before the read."""
+        if self._history is None:
+            raise RuntimeError("history is off: there are no streams to read")
+        if self._unavailable:
+            raise BrokerUnavailable(self._unavailable)
+        names = self._names
+        barrier = f"barrier {uuid.uuid4().hex}".encode()
+        arrived: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._barriers[barrier] = arrived
+        args: list[bytes | str | int] = [
+            self._history.size,
+            _milliseconds(self._history.ttl),
+            self._reply_channel,
+            barrier,
+        ]
+        for channel in channels:
+            position = since.get(channel)
+            args += [new_epoch(), *((position.epoch, position.offset) if position else ("", 0))]
+        keys = [key for c in channels for key in (names.meta(c), names.stream(c))]
+        try:
+            async with asyncio.timeout(COMMAND_TIMEOUT):
+                replies = await self._snapshot_script(keys=keys, args=args)
+                await arrived
+            return {
+                channel: decode_snapshot(channel, reply)
+                for channel, reply in zip(channels, replies, strict=True)
+            }
+        except (*REDIS_FAILURES, ValueError) as error:
+            logger.warning("history of %d channels not read: %s", len(channels), error)
+            raise BrokerUnavailable("Redis did not answer with the history") from None
+        finally:
+            del self._barriers[barrier]
 
     async def totals(self) -> Totals:
         """This node's live figures, plus every other node's latest heartbeat."""
@@ -326,7 +419,11 @@ class RedisBroker(Broker):
     def _take(self, message: dict[str, Any]) -> None:
         kind = message["type"]
         if kind == "message" and message["channel"] == self._reply_channel:
-            self._take_answer(message["data"])
+            barrier = self._barriers.get(message["data"])
+            if barrier is None:
+                self._take_answer(message["data"])
+            elif not barrier.done():
+                barrier.set_result(None)
         elif kind == "message":
             self._take_broadcast(message["channel"], message["data"])
         elif kind in ("subscribe", "unsubscribe"):
@@ -345,7 +442,7 @@ class RedisBroker(Broker):
             return
         delivered = 0
         if self._seen.first_copy(envelope.id):
-            delivered = self._deliver(envelope.channels, envelope.payload)
+            delivered = self._deliver(envelope.channels, envelope.payload, envelope.positions)
         if envelope.reply == self._node:
             self._count_answer(envelope.id, delivered)
         else:
@@ -375,9 +472,12 @@ class RedisBroker(Broker):
     def _lost(self, reason: str, error: Exception | None) -> None:
         """Refuse broadcasts from now on; the reason is public (`/readyz`), the error is logged."""
         self._last_error = error
-        if self._unavailable is None:
+        was_available = self._unavailable is None
+        if was_available:
             logger.error("lost Redis: %s", error or reason)
         self._unavailable = reason
+        if was_available and self._interrupted is not None:
+            self._interrupted()
         for pending, _ in self._pending.values():
             pending.give_up()
 
@@ -427,6 +527,11 @@ async def _until_one_fails(*loops: Coroutine[Any, Any, None]) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
     for task in done:
         task.result()
+
+
+def _milliseconds(seconds: float) -> int:
+    """A TTL as Redis's PEXPIRE takes it: whole milliseconds, at least one."""
+    return max(1, round(seconds * 1000))
 
 
 def _backoff(attempt: int) -> float:

@@ -16,6 +16,7 @@ import orjson
 from websockets.frames import Frame, Opcode
 from websockets.typing import BytesLike
 
+from bifrost.rules.positions import Position, parse_since, since_problem
 from bifrost.rules.ratelimit import FrameBudget
 
 __all__ = [
@@ -65,9 +66,11 @@ TRY_AGAIN_LATER = Close(1013, "Try again later")
 
 @dataclass(frozen=True, slots=True)
 class Authenticate:
-    """Verify this token and subscribe to the channels it grants."""
+    """Verify this token and subscribe to the channels it grants; with `since`, the socket is
+    positioned and recovers what it missed after those positions."""
 
     token: object
+    since: dict[str, Position] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +153,12 @@ def interpret_frame(frame: str) -> Decision:
     if not isinstance(event, str):
         return ErrorReply("frame must have a string event")
     if event == "authenticate":
-        return Authenticate(parsed.get("data"))
+        if "since" not in parsed:
+            return Authenticate(parsed.get("data"))
+        problem = since_problem(parsed["since"])
+        if problem is not None:
+            return ErrorReply(problem)
+        return Authenticate(parsed.get("data"), parse_since(parsed["since"]))
     if event == "ping":
         return Pong()
     return Ignore()

@@ -10,6 +10,12 @@ the message's JSON and never see a frame), each channel maps its sockets straigh
 transports' `write`, and a socket that starts closing leaves its channels at once, so that
 the loop checks nothing per socket: every socket still in a channel is open and takes the
 frame.
+
+A positioned socket (one that sent `since`, history on) takes frames that also carry the
+message's positions in its own channels. Those sockets are kept apart, so that a broadcast to
+channels without any costs nothing more; for the others, the frame is built once for each set
+of the message's channels that its recipients hear, not once per socket. While a positioned
+socket recovers, the messages it is handed are held for it (`held`) rather than written.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
+from bifrost.rules.history import Entry, positioned_message
+from bifrost.rules.positions import MessagePositions
 from bifrost.rules.protocol import text_frame
 
 __all__ = ["ChannelRegistry", "Listener", "Totals"]
@@ -41,6 +49,10 @@ class Listener(Protocol):
     # Hands a ready frame to the socket's transport as is, without waiting: the registry
     # calls it only while the socket is open (it leaves its channels when it starts closing).
     write: Callable[[bytes], object]
+    # Whether its frames carry positions.
+    positioned: bool
+    # While it recovers, the positioned messages handed to it meanwhile, else None.
+    held: list[Entry] | None
 
 
 L = TypeVar("L", bound=Listener)
@@ -52,6 +64,7 @@ class ChannelRegistry(Generic[L]):
     def __init__(self) -> None:
         self._listeners: set[L] = set()
         self._channels: dict[str, dict[L, Callable[[bytes], object]]] = {}
+        self._positioned: dict[str, dict[L, None]] = {}
         self.deliveries = 0
 
     @property
@@ -62,19 +75,23 @@ class ChannelRegistry(Generic[L]):
     @property
     def channel_count(self) -> int:
         """Channels with at least one local subscriber."""
-        return len(self._channels)
+        if not self._positioned:
+            return len(self._channels)
+        return len(self._channels.keys() | self._positioned.keys())
 
     @property
     def subscription_count(self) -> int:
         """Socket-channel pairs."""
-        return sum(len(listeners) for listeners in self._channels.values())
+        return sum(len(listeners) for listeners in self._channels.values()) + sum(
+            len(listeners) for listeners in self._positioned.values()
+        )
 
     def figures(self) -> Totals:
         """This process's own figures, which a broker adds to those of the others."""
         return Totals(
             connected=len(self._listeners),
             deliveries=self.deliveries,
-            channels=len(self._channels),
+            channels=self.channel_count,
             subscriptions=self.subscription_count,
         )
 
@@ -93,24 +110,45 @@ class ChannelRegistry(Generic[L]):
             if channel in listener.channels:
                 continue
             listener.channels.add(channel)
-            members = self._channels.get(channel)
-            if members is None:
-                members = self._channels[channel] = {}
+            if not self._occupied(channel):
                 occupied.append(channel)
-            members[listener] = listener.write
+            self._join(listener, channel)
         return occupied
+
+    def position(self, listener: L) -> None:
+        """A socket's frames carry positions from now on, in the channels it hears already too."""
+        if listener.positioned:
+            return
+        for channel in listener.channels:
+            self._leave(listener, channel)
+        listener.positioned = True
+        for channel in listener.channels:
+            self._join(listener, channel)
+
+    def _occupied(self, channel: str) -> bool:
+        return channel in self._channels or channel in self._positioned
+
+    def _join(self, listener: L, channel: str) -> None:
+        if listener.positioned:
+            self._positioned.setdefault(channel, {})[listener] = None
+        else:
+            self._channels.setdefault(channel, {})[listener] = listener.write
+
+    def _leave(self, listener: L, channel: str) -> None:
+        members = (self._positioned if listener.positioned else self._channels).get(channel)
+        if members is None:
+            return
+        members.pop(listener, None)
+        if not members:
+            del (self._positioned if listener.positioned else self._channels)[channel]
 
     def withdraw(self, listener: L) -> list[str]:
         """Take a closing socket out of its channels, still counted as connected until it is
         gone; return the channels it leaves without any local subscriber."""
         vacated = []
         for channel in listener.channels:
-            members = self._channels.get(channel)
-            if members is None:
-                continue
-            members.pop(listener, None)
-            if not members:
-                del self._channels[channel]
+            self._leave(listener, channel)
+            if not self._occupied(channel):
                 vacated.append(channel)
         listener.channels.clear()
         return vacated
@@ -120,9 +158,12 @@ class ChannelRegistry(Generic[L]):
         self._listeners.discard(listener)
         return self.withdraw(listener)
 
-    def deliver(self, channels: Sequence[str], payload: bytes) -> int:
+    def deliver(
+        self, channels: Sequence[str], payload: bytes, positions: MessagePositions | None = None
+    ) -> int:
         """Hand a message's JSON to every socket of the channels, once per socket, as one
-        text frame built once for all of them; return how many sockets took it.
+        text frame built once for all of them; return how many sockets took it. With the
+        message's `positions` (history on), positioned sockets get them too.
 
         The loop walks a copy: a write that takes a socket over its backlog bound closes it,
         and a closing socket leaves its channels there and then.
@@ -138,5 +179,42 @@ class ChannelRegistry(Generic[L]):
             writes = list(merged.values())
         for write in writes:
             write(frame)
-        self.deliveries += len(writes)
-        return len(writes)
+        delivered = len(writes)
+        if positions is not None and self._positioned:
+            delivered += self._deliver_positioned(channels, payload, positions)
+        self.deliveries += delivered
+        return delivered
+
+    def _deliver_positioned(
+        self, channels: Sequence[str], payload: bytes, positions: MessagePositions
+    ) -> int:
+        """The positioned sockets' share: one frame for each set of the message's channels
+        its recipients hear, since each names the positions of its own channels only."""
+        entry = Entry(payload, positions)
+        if len(channels) == 1:
+            members = self._positioned.get(channels[0])
+            if not members:
+                return 0
+            recipients = list(members)
+            frame = positioned_message(payload, positions)
+            for listener in recipients:
+                if listener.held is None:
+                    listener.write(frame)
+                else:
+                    listener.held.append(entry)
+            return len(recipients)
+        merged: dict[L, None] = {}
+        for channel in channels:
+            merged.update(self._positioned.get(channel, {}))
+        frames: dict[tuple[str, ...], bytes] = {}
+        for listener in merged:
+            if listener.held is not None:
+                listener.held.append(entry)
+                continue
+            heard = tuple(c for c in channels if c in listener.channels)
+            own_frame = frames.get(heard)
+            if own_frame is None:
+                own = [(c, p) for c, p in positions if c in listener.channels]
+                own_frame = frames[heard] = positioned_message(payload, own)
+            listener.write(own_frame)
+        return len(merged)

@@ -4,7 +4,9 @@ No Redis and no asyncio here, so that these rules are unit-tested with plain val
 broker (`bifrost.brokers.redis`) does the I/O and asks this module what the bytes mean.
 
 - A broadcast travels as an envelope (id, channels, publisher, message) published on each
-  channel it names.
+  channel it names; with history on, the server-side script that gives it its offsets adds
+  them on a line of their own (`bifrost.brokers.redis_scripts`), and the envelope is what the
+  channel's stream keeps.
 - A node that gets several copies of one broadcast (it hears several of its channels)
   delivers the first and answers the others with zero: it remembers the latest ids it saw.
 - Each copy is answered on the publisher's reply channel with `"<id> <sockets reached>"`;
@@ -21,6 +23,8 @@ from typing import cast
 
 import orjson
 
+from bifrost.rules.history import ChannelSnapshot, Entry
+from bifrost.rules.positions import MessagePositions, Position
 from bifrost.rules.registry import Totals
 
 __all__ = [
@@ -32,8 +36,11 @@ __all__ = [
     "cluster_totals",
     "decode_answer",
     "decode_envelope",
+    "decode_positions",
+    "decode_snapshot",
     "encode_answer",
     "encode_envelope",
+    "envelope_head",
     "heartbeat",
     "other_nodes",
 ]
@@ -62,6 +69,14 @@ class RedisNames:
         """The pub/sub channel where a node hears the answers to its broadcasts."""
         return f"{self.prefix}reply:{node}".encode()
 
+    def stream(self, channel: str) -> bytes:
+        """The Redis Stream keeping the channel's messages, history on."""
+        return f"{self.prefix}stream:{channel}".encode(errors="surrogatepass")
+
+    def meta(self, channel: str) -> bytes:
+        """The hash with the epoch and top offset of the channel's stream."""
+        return f"{self.prefix}meta:{channel}".encode(errors="surrogatepass")
+
     def node(self, node: str) -> str:
         """The hash holding a node's heartbeat figures."""
         return f"{self.prefix}node:{node}"
@@ -80,12 +95,19 @@ class Envelope:
     reply: str
     channels: list[str]
     payload: bytes
+    positions: MessagePositions | None = None
 
 
 def encode_envelope(envelope: Envelope) -> bytes:
     """A JSON header line, then the message's JSON untouched (never decoded and re-encoded)."""
     header = {"id": envelope.id, "reply": envelope.reply, "channels": envelope.channels}
     return orjson.dumps(header) + b"\n" + envelope.payload
+
+
+def envelope_head(broadcast_id: str, reply: str, channels: list[str]) -> bytes:
+    """The header line of an envelope whose positions the publish script writes after it."""
+    header = {"id": broadcast_id, "reply": reply, "channels": channels, "positioned": True}
+    return orjson.dumps(header) + b"\n"
 
 
 def decode_envelope(data: bytes) -> Envelope:
@@ -102,7 +124,40 @@ def decode_envelope(data: bytes) -> Envelope:
         and all(isinstance(c, str) for c in channels)
     ):
         raise ValueError("broadcast envelope without id, reply and channels")
-    return Envelope(broadcast_id, reply, channels, payload)
+    if header.get("positioned") is not True:
+        return Envelope(broadcast_id, reply, channels, payload)
+    line, newline, payload = payload.partition(b"\n")
+    if not newline:
+        raise ValueError("positioned envelope without its positions")
+    return Envelope(broadcast_id, reply, channels, payload, decode_positions(channels, line))
+
+
+def decode_positions(channels: list[str], line: bytes) -> MessagePositions:
+    """The positions line the publish script wrote, `<epoch> <offset>` for each channel."""
+    words = line.split(b" ")
+    if len(words) != 2 * len(channels):
+        raise ValueError("positions do not match the channels")
+    positions = []
+    for channel, epoch, offset in zip(channels, words[::2], words[1::2], strict=True):
+        count = _count(offset)
+        if count is None or not epoch.isascii():
+            raise ValueError(f"not a position: {epoch[:40]!r} {offset[:40]!r}")
+        positions.append((channel, Position(epoch.decode(), count)))
+    return tuple(positions)
+
+
+def decode_snapshot(channel: str, reply: list[object]) -> ChannelSnapshot:
+    """One channel's part of the snapshot script's answer: epoch, top and kept entries."""
+    epoch, top, entries = reply
+    if not isinstance(epoch, bytes) or not isinstance(top, int) or not isinstance(entries, list):
+        raise ValueError(f"not a snapshot of {channel!r}")
+    kept = []
+    for _entry_id, values in entries:
+        envelope = decode_envelope(values[1])
+        if envelope.positions is None:
+            raise ValueError(f"an entry of {channel!r} has no positions")
+        kept.append(Entry(envelope.payload, envelope.positions))
+    return ChannelSnapshot(epoch.decode(), top, kept)
 
 
 def encode_answer(broadcast_id: str, delivered: int) -> bytes:

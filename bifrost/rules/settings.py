@@ -51,6 +51,9 @@ __all__ = [
 MIN_SECRET_LENGTH = 32
 RECOMMENDED_SECRET_LENGTH = 64
 LOG_FORMATS = ("text", "json")
+# History is for reconnects, not an archive: bounds that keep a typo from exhausting memory.
+MAX_HISTORY_SIZE = 100_000
+MAX_HISTORY_TTL = 30 * 24 * 3600.0
 # How much of a wrong start option a refusal quotes.
 QUOTED_LENGTH = 40
 
@@ -85,6 +88,10 @@ class Settings:
     allowed_origins: frozenset[str] = field(default_factory=frozenset)
     redis_url: str | None = None
     redis_prefix: str = "bifrost:"
+    # Messages kept per channel for recovery (0: no history), and for how long after the
+    # channel's last message.
+    history_size: int = 0
+    history_ttl: float = 300.0
     log_format: str = "text"
     secret_is_throwaway: bool = False
 
@@ -106,6 +113,8 @@ class Settings:
             "max_connections": self.max_connections,
             "allowed_origins": ",".join(sorted(self.allowed_origins)) or "any",
             "broker": "redis" if self.redis_url else "in-process",
+            "history_size": self.history_size,
+            "history_ttl": self.history_ttl,
             "log_format": self.log_format,
         }
 
@@ -221,6 +230,8 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         allowed_origins=reader.origins("BIFROST_ALLOWED_ORIGINS"),
         redis_url=reader.redis_url("BIFROST_REDIS_URL"),
         redis_prefix=environ.get("BIFROST_REDIS_PREFIX", DEFAULTS.redis_prefix),
+        history_size=reader.count("BIFROST_HISTORY_SIZE", DEFAULTS.history_size),
+        history_ttl=reader.positive("BIFROST_HISTORY_TTL", DEFAULTS.history_ttl),
         log_format=reader.choice("BIFROST_LOG_FORMAT", DEFAULTS.log_format, LOG_FORMATS),
     )
     if settings.idle_timeout <= settings.ping_interval:
@@ -228,6 +239,16 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
             "BIFROST_IDLE_TIMEOUT must be longer than BIFROST_PING_INTERVAL "
             f"(got {settings.idle_timeout:g} and {settings.ping_interval:g} seconds), "
             "so that a silent client has time to answer a ping"
+        )
+    if not settings.history_ttl < MAX_HISTORY_TTL:
+        raise SettingsError(
+            f"BIFROST_HISTORY_TTL={settings.history_ttl:g} is too long: set a number of "
+            f"seconds under {MAX_HISTORY_TTL:g} (30 days), e.g. {DEFAULTS.history_ttl:g}"
+        )
+    if settings.history_size > MAX_HISTORY_SIZE:
+        raise SettingsError(
+            f"BIFROST_HISTORY_SIZE={settings.history_size} is more than one socket could "
+            f"recover: set at most {MAX_HISTORY_SIZE}, e.g. 100"
         )
     return settings
 
@@ -352,6 +373,21 @@ class _Reader:
         if value is None or not value > 0:
             unit = "whole number" if kind is int else "number"
             raise SettingsError(f"{name}={raw!r} is not a positive {unit}: set e.g. {default}")
+        return value
+
+    def count(self, name: str, default: int) -> int:
+        """A whole number of 0 or more."""
+        raw = self.environ.get(name)
+        if raw is None or raw == "":
+            return default
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            value = -1
+        if value < 0:
+            raise SettingsError(
+                f"{name}={raw!r} is not a whole number of 0 or more: set e.g. 100 (0 turns it off)"
+            )
         return value
 
     def choice(self, name: str, default: str, options: tuple[str, ...]) -> str:

@@ -1,0 +1,228 @@
+"""Positions and recovery: what a `since` says, what a positioned frame looks like, and which
+kept messages a reconnecting socket gets.
+
+No Sanic, no asyncio and no Redis here. The brokers keep the streams (`bifrost.rules.streams`
+in-process, Redis Streams between nodes) and hand this module a snapshot of each channel: its
+epoch, its top offset and the messages it still keeps after the socket's position. From that
+alone it decides, per channel, whether the socket is `recovered`, and the order in which the
+kept messages go out: each message once, even when it was broadcast to several of the socket's
+channels, and in the order of every one of them.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import orjson
+
+from bifrost.rules.positions import MessagePositions, Position
+from bifrost.rules.protocol import text_frame
+
+__all__ = [
+    "ChannelSnapshot",
+    "Entry",
+    "Recovery",
+    "plan_recovery",
+    "positioned_message",
+    "positioned_subscribed_reply",
+    "positions_json",
+    "unpositioned_subscribed_reply",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A message with positions: its JSON as sent, and where it stands in each of its channels."""
+
+    payload: bytes
+    positions: MessagePositions
+
+    def positions_in(self, channel: str) -> Position:
+        """The message's position in one of its channels."""
+        return next(p for c, p in self.positions if c == channel)
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelSnapshot:
+    """A channel's stream at one instant: its epoch, its top offset (0 before any message), and
+    the kept messages after the position asked for, oldest first (empty when none was asked)."""
+
+    epoch: str
+    top: int
+    entries: Sequence[Entry] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Recovery:
+    """What a positioned socket is told for the new channels of one authenticate.
+
+    `starts` is where each channel continues (the `subscribed` frames' positions), `recovered`
+    says, for each channel `since` named, whether nothing was missed, and `entries` are the
+    kept messages to send after the `subscribed` frames, in order, each once.
+    """
+
+    starts: dict[str, Position]
+    recovered: dict[str, bool]
+    entries: list[Entry]
+
+    def frames(self, held: Sequence[Entry], channels: Collection[str]) -> list[bytes]:
+        """The message frames that follow the `subscribed` frames, given the live messages
+        held back meanwhile and every channel the socket now hears.
+
+        Every live message since the socket began to hear the new channels is held, so a kept
+        message that was also held goes out once, from the held ones, where it stands among
+        the messages of the socket's other channels. A message's frame names only the
+        positions the client has not reached: a channel's offset never goes back.
+        """
+        held_now = {entry.positions for entry in held}
+        frames = []
+        for entry in self.entries:
+            if entry.positions not in held_now:
+                fresh = [(c, p) for c, p in entry.positions if self._after_start(c, p)]
+                frames.append(positioned_message(entry.payload, fresh))
+        for entry in held:
+            fresh = [
+                (c, p)
+                for c, p in entry.positions
+                if c in channels and (c not in self.starts or self._after_start(c, p))
+            ]
+            if fresh:
+                frames.append(positioned_message(entry.payload, fresh))
+        return frames
+
+    def _after_start(self, channel: str, position: Position) -> bool:
+        start = self.starts.get(channel)
+        if start is None:
+            return False
+        return position.epoch != start.epoch or position.offset > start.offset
+
+
+def plan_recovery(
+    channels: Sequence[str],
+    since: Mapping[str, Position],
+    snapshots: Mapping[str, ChannelSnapshot],
+    budget: int,
+    byte_budget: int,
+) -> Recovery:
+    """Decide, from snapshots taken after the socket hears the channels live, what it is told.
+
+    A channel `since` names is recovered when the snapshot has the same epoch and keeps every
+    message after the position; all or nothing, so a channel missing even one is `recovered:
+    false` with no old message. `budget` bounds the messages one authenticate recovers in all,
+    and `byte_budget` their JSON, so that a recovery never takes a socket over its backlog
+    bound (it would be closed as a slow consumer, reconnect and try again for ever): channels
+    past either, in the token's order, are not recovered.
+    """
+    starts: dict[str, Position] = {}
+    recovered: dict[str, bool] = {}
+    wanted: dict[str, Sequence[Entry]] = {}
+    for channel in channels:
+        snapshot = snapshots[channel]
+        top = Position(snapshot.epoch, snapshot.top)
+        asked = since.get(channel)
+        if asked is None:
+            starts[channel] = top
+            continue
+        missed = _missed(asked, snapshot)
+        size = sum(len(entry.payload) for entry in missed or ())
+        if missed is None or len(missed) > budget or size > byte_budget:
+            starts[channel] = top
+            recovered[channel] = False
+            continue
+        budget -= len(missed)
+        byte_budget -= size
+        starts[channel] = asked
+        recovered[channel] = True
+        if missed:
+            wanted[channel] = missed
+    return Recovery(starts, recovered, _merge(wanted))
+
+
+def _missed(asked: Position, snapshot: ChannelSnapshot) -> Sequence[Entry] | None:
+    """The kept messages after `asked`, when they are every message after it; else None."""
+    if asked.epoch != snapshot.epoch or asked.offset > snapshot.top:
+        return None
+    entries = snapshot.entries
+    if len(entries) != snapshot.top - asked.offset:
+        return None  # some were evicted by size, or the stream lost them
+    return entries
+
+
+def _merge(streams: Mapping[str, Sequence[Entry]]) -> list[Entry]:
+    """The entries of several channels as one sequence in the order of each, a message
+    broadcast to several of them once.
+
+    A broadcast is appended to all its channels in one atomic step, so the channels agree on
+    the order of the messages they share: of the streams' next entries, one is always next in
+    every stream that holds it, and it goes first.
+    """
+    queues = {channel: deque(entries) for channel, entries in streams.items()}
+    merged: list[Entry] = []
+    while queues:
+        entry = next(queue[0] for queue in queues.values() if _next_everywhere(queue[0], queues))
+        merged.append(entry)
+        for channel, _ in entry.positions:
+            queue = queues.get(channel)
+            if queue is not None and queue[0].positions == entry.positions:
+                queue.popleft()
+                if not queue:
+                    del queues[channel]
+    return merged
+
+
+def _next_everywhere(entry: Entry, queues: Mapping[str, deque[Entry]]) -> bool:
+    """Whether `entry` is next in every stream being merged that still holds it.
+
+    A stream holds it when its position there is past the one the stream starts from: the
+    next entry's offset, the stream being complete from there on.
+    """
+    for channel, position in entry.positions:
+        queue = queues.get(channel)
+        if (
+            queue is not None
+            and position.offset >= queue[0].positions_in(channel).offset
+            and queue[0].positions != entry.positions
+        ):
+            return False
+    return True
+
+
+def positions_json(positions: Iterable[tuple[str, Position]]) -> bytes:
+    """`{"<channel>":{"epoch":"<e>","offset":<n>},...}`."""
+    return orjson.dumps(
+        {channel: {"epoch": p.epoch, "offset": p.offset} for channel, p in positions}
+    )
+
+
+def positioned_message(payload: bytes, positions: Iterable[tuple[str, Position]]) -> bytes:
+    """The frame of a message for positioned sockets: its keys as sent, then `positions`.
+
+    The message's JSON is an object (`{...}`): its closing brace makes room for one more key,
+    so that the message is never decoded and encoded again.
+    """
+    return text_frame(payload[:-1] + b',"positions":' + positions_json(positions) + b"}")
+
+
+def positioned_subscribed_reply(channel: str, position: Position, recovered: bool | None) -> bytes:
+    """The `subscribed` frame of a positioned socket, history on."""
+    frame: dict[str, object] = {
+        "event": "subscribed",
+        "data": orjson.dumps({"channel": channel}).decode(),
+        "positions": {channel: {"epoch": position.epoch, "offset": position.offset}},
+    }
+    if recovered is not None:
+        frame["recovered"] = recovered
+    return text_frame(orjson.dumps(frame))
+
+
+def unpositioned_subscribed_reply(channel: str) -> bytes:
+    """The `subscribed` frame of a channel `since` named while history is off: nothing to
+    resume from, so it is not recovered, and no position is given."""
+    frame = {
+        "event": "subscribed",
+        "data": orjson.dumps({"channel": channel}).decode(),
+        "recovered": False,
+    }
+    return text_frame(orjson.dumps(frame))
