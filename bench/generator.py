@@ -22,6 +22,7 @@ import random
 import resource
 import time
 from array import array
+from collections import Counter
 from collections.abc import Iterator
 from multiprocessing.connection import Connection
 from typing import Any
@@ -39,8 +40,6 @@ MAX_ERRORS_KEPT = 8
 READ_BUFFER_BYTES = 2048
 CLOSE_GRACE_S = 5.0
 SERVICE_RESTART = 1012
-RECONNECT_JITTER_S = 0.2
-"""A closed client's first attempt waits up to this long, at random, as browsers spread theirs."""
 RETRY_DELAY_S = 0.1
 RETRY_DELAY_MAX_S = 1.0
 """Each further attempt waits longer, up to this (and half as much again, at random)."""
@@ -73,6 +72,7 @@ class Tally:
         self.position_faults = 0
         self.not_recovered = 0
         self.returns: list[Return] = []
+        self.failed_attempts: Counter[str] = Counter()
         self.closing = False
         self.errors: list[str] = []
 
@@ -318,13 +318,15 @@ class Subscriber(WSListener):  # type: ignore[misc]
 
     async def _come_back(self, returning: Return) -> None:
         """Try the next node, then the one after, until one takes the socket back."""
-        await asyncio.sleep(random.uniform(0.0, RECONNECT_JITTER_S))
+        await asyncio.sleep(random.uniform(0.0, self.layout.reconnect_jitter_s))
         while not self.tally.closing:
             self.node = (self.node + 1) % len(self.layout.urls)
             returning.attempts += 1
             try:
                 await self.open(self.layout.urls[self.node], RECONNECT_TIMEOUT_S)
-            except Exception:  # refused, 503 while stopping, or closed: the next node, later
+            except Exception as error:  # refused, 503 while stopping, closed: the next node
+                why = f"closed {self.close_code}" if self.close_code else type(error).__name__
+                self.tally.failed_attempts[why] += 1
                 delay = min(RETRY_DELAY_MAX_S, RETRY_DELAY_S * returning.attempts)
                 await asyncio.sleep(delay * random.uniform(1.0, 1.5))
                 continue
@@ -413,6 +415,8 @@ class Generator:
             "clients": len(self.clients),
             "returns": [r.as_tuple() for r in self.tally.returns],
             "frames": self.tally.frames,
+            "cpu_s": time.process_time(),
+            "failed_attempts": dict(self.tally.failed_attempts),
         }
 
     async def collect(

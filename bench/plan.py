@@ -30,7 +30,8 @@ class Layout:
     `positioned` clients send `since` in every authenticate and keep it from the positions of
     every frame (the protocol's opt-in to recovery: only a server with history on is measured
     with them, so every frame they get must carry positions); `reconnect` clients come back to
-    the next node, with their `since`, when the server closes their socket.
+    the next node, with their `since`, when the server closes their socket, the first attempt
+    at a random moment within `reconnect_jitter_s`.
     """
 
     urls: tuple[str, ...]
@@ -38,6 +39,7 @@ class Layout:
     channels_per_client: int = 1
     positioned: bool = False
     reconnect: bool = False
+    reconnect_jitter_s: float = 0.2
 
     def channels_of(self, client: int) -> list[str]:
         count = min(self.channels_per_client, self.channels)

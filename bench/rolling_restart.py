@@ -37,6 +37,7 @@ import uvloop
 from bench.broadcaster import SteadyOutcome, broadcast_steadily
 from bench.keepalive import KeepAliveClient
 from bench.plan import channel_name
+from bench.procfs import listen_overflows, sample_tree
 from bench.runner import percentile
 from bench.servers import STOP_TIMEOUT_S, ServerSpec, bifrost_redis_pair, restart_node
 from bench.session import Session, wait_until
@@ -63,18 +64,28 @@ class Restart:
     name: str
     displaced: int
     sigterm_ns: int
+    killed: bool = False
     exited_ns: int = 0
     ready_ns: int = 0
     back_ns: int = 0
     returns: list[tuple[int, ...]] = field(default_factory=list)
+    # Over the return (SIGTERM to every socket back): the cores the nodes still up and Redis
+    # used, the busiest generator's, and the connections the kernel dropped for full queues.
+    server_cores: float = 0.0
+    generator_cores: float = 0.0
+    listen_overflows: int = 0
 
 
 def _ms(ns: float) -> str:
     return f"{ns / 1e6:,.0f} ms"
 
 
-async def _all_back(session: Session, restart: Restart) -> None:
-    """Wait until every socket the node had at SIGTERM is subscribed again somewhere."""
+async def _all_back(session: Session, restart: Restart, others: list[int]) -> None:
+    """Wait until every socket the node had at SIGTERM is subscribed again somewhere; note
+    what the return cost the processes `others` (the nodes still up, Redis) and the
+    generators."""
+    status = await session.swarm.status()
+    cpu0, generators0, overflows0 = sample_tree(others).cpu_s, status["cpu_s"], listen_overflows()
     deadline = time.monotonic() + BACK_TIMEOUT_S
     while time.monotonic() < deadline:
         status = await session.swarm.status()
@@ -85,25 +96,35 @@ async def _all_back(session: Session, restart: Restart) -> None:
             and status["ready"] == status["clients"]
         ):
             restart.back_ns = max((r[2] for r in back), default=restart.sigterm_ns)
-            return
+            break
         await asyncio.sleep(POLL_S)
+    wall_s = (time.monotonic_ns() - restart.sigterm_ns) / 1e9
+    restart.server_cores = (sample_tree(others).cpu_s - cpu0) / wall_s
+    restart.generator_cores = max(
+        (b - a) / wall_s for a, b in zip(generators0, status["cpu_s"], strict=True)
+    )
+    restart.listen_overflows = listen_overflows() - overflows0
 
 
 async def _restart(session: Session, index: int) -> Restart:
     """SIGTERM node `index`, start it again once it has exited, wait until all are back."""
     loop = asyncio.get_running_loop()
+    server = session.server
+    others = [p.pid for i, p in enumerate(server.processes) if i != index]
+    others += [p.pid for p in server.service_processes]
     status = await session.swarm.status()
     restart = Restart(NODE_NAMES[index], status["per_node"][index], time.monotonic_ns())
-    process = session.server.processes[index]
+    process = server.processes[index]
     process.send_signal(signal.SIGTERM)
-    back = asyncio.create_task(_all_back(session, restart))
+    back = asyncio.create_task(_all_back(session, restart, others))
     try:
         await loop.run_in_executor(None, process.wait, STOP_TIMEOUT_S)
     except subprocess.TimeoutExpired:
+        restart.killed = True
         process.kill()
         await loop.run_in_executor(None, process.wait)
     restart.exited_ns = time.monotonic_ns()
-    await loop.run_in_executor(None, restart_node, session.server, index)
+    await loop.run_in_executor(None, restart_node, server, index)
     restart.ready_ns = time.monotonic_ns()
     await back
     return restart
@@ -113,11 +134,14 @@ def _describe(restart: Restart, history: int) -> tuple[list[str], list[str]]:
     """The lines printed for one restart, and its faults."""
     returns = restart.returns
     faults: list[str] = []
+    exited = "still running, killed" if restart.killed else "exited"
     lines = [
-        f"node {restart.name}: SIGTERM with {restart.displaced} sockets on it; exited after "
+        f"node {restart.name}: SIGTERM with {restart.displaced} sockets on it; {exited} after "
         f"{_ms(restart.exited_ns - restart.sigterm_ns)}, ready again "
         f"{_ms(restart.ready_ns - restart.exited_ns)} later"
     ]
+    if restart.killed:
+        faults.append(f"node {restart.name} did not exit within {STOP_TIMEOUT_S:g} s of SIGTERM")
     codes = Counter(r[1] for r in returns)
     lines.append(
         f"  {len(returns)} sockets closed ("
@@ -133,7 +157,10 @@ def _describe(restart: Restart, history: int) -> tuple[list[str], list[str]]:
         faults.append(f"node {restart.name}: {len(returns)} closed of {restart.displaced} on it")
     if restart.back_ns:
         lines.append(
-            f"  all subscribed again {_ms(restart.back_ns - restart.sigterm_ns)} after SIGTERM"
+            f"  all subscribed again {_ms(restart.back_ns - restart.sigterm_ns)} after SIGTERM; "
+            f"meanwhile the other node and Redis used {restart.server_cores:.2f} cores, the "
+            f"busiest generator {restart.generator_cores:.2f}; {restart.listen_overflows:,} "
+            "connections dropped by full accept queues (machine-wide)"
         )
     else:
         faults.append(f"node {restart.name}: not all back within {BACK_TIMEOUT_S:g} s")
@@ -194,6 +221,7 @@ async def _run(args: argparse.Namespace) -> int:
         channels=args.channels,
         channels_per_client=args.channels_per_client,
         reconnect=True,
+        reconnect_jitter_s=args.jitter,
         generators=args.generators,
     )
     faults: list[str] = []
@@ -202,8 +230,8 @@ async def _run(args: argparse.Namespace) -> int:
         print(
             f"2 Bifröst nodes + Redis, BIFROST_HISTORY_SIZE={args.history}; "
             f"{args.subscribers} {'positioned' if positioned else 'unpositioned'} subscribers, "
-            f"{args.channels_per_client} of {args.channels} channels each; "
-            f"{args.rate:g} broadcasts/s"
+            f"{args.channels_per_client} of {args.channels} channels each, back within "
+            f"{args.jitter:g} s of a close; {args.rate:g} broadcasts/s"
         )
         await session.connect(args.subscribers)
         await session.swarm.arm(None)
@@ -229,7 +257,8 @@ async def _run(args: argparse.Namespace) -> int:
         replies = await session.swarm.collect(
             1.0, per_channel=sent.sent, last_positions=sent.last_positions
         )
-        returns = (await session.swarm.status())["returns"]
+        status = await session.swarm.status()
+        returns = status["returns"]
         ends = [r.sigterm_ns for r in restarts[1:]] + [time.monotonic_ns()]
         for restart, end in zip(restarts, ends, strict=True):
             restart.returns = [r for r in returns if restart.sigterm_ns <= r[0] < end]
@@ -245,6 +274,12 @@ async def _run(args: argparse.Namespace) -> int:
             lines, restart_faults = _describe(restart, args.history)
             print("\n".join(lines))
             faults += restart_faults
+        failed = status["failed_attempts"]
+        if failed:
+            print(
+                "attempts to come back that failed: "
+                + ", ".join(f"{n} {why}" for why, n in failed.most_common())
+            )
         frames = sum(r["frames"] for r in replies)
         expected = sum(r["target"] for r in replies)
         print(f"\nsubscribers got {frames:,} frames of {expected:,} expected")
@@ -309,6 +344,12 @@ def main(argv: list[str] | None = None) -> int:
         help="BIFROST_HISTORY_SIZE (0: history off and unpositioned subscribers, to see the loss)",
     )
     parser.add_argument("--steady", type=float, default=5.0, help="seconds between the events")
+    parser.add_argument(
+        "--jitter",
+        type=float,
+        default=0.2,
+        help="a closed subscriber's first attempt comes within this many seconds, at random",
+    )
     parser.add_argument("--generators", type=int, default=4)
     parser.add_argument(
         "--timeout", type=float, default=60.0, help="seconds the last frames may take"

@@ -99,6 +99,7 @@ class Session:
         channels: int = 1,
         channels_per_client: int = 1,
         reconnect: bool = False,
+        reconnect_jitter_s: float = 0.2,
         generators: int = 2,
     ) -> Self:
         """Start the servers and the generators; with `reconnect`, a subscriber the server
@@ -114,6 +115,7 @@ class Session:
             channels_per_client,
             positioned=spec.positioned,
             reconnect=reconnect,
+            reconnect_jitter_s=reconnect_jitter_s,
         )
         swarm = Swarm.start(generators, secret, layout)
         return cls(server, secret, swarm, http)

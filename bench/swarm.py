@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import multiprocessing
+from collections import Counter
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -154,6 +155,8 @@ class Swarm:
             "clients": sum(r["clients"] for r in replies),
             "returns": [t for r in replies for t in r["returns"]],
             "frames": sum(r["frames"] for r in replies),
+            "cpu_s": [r["cpu_s"] for r in replies],
+            "failed_attempts": sum((Counter(r["failed_attempts"]) for r in replies), Counter()),
         }
 
     async def collect(
