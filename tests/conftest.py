@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from tests.live import BifrostServer
+from tests.redis_server import RedisServer
 
 # Short timeouts so that the rules of time can be seen in seconds, scaled for a slow machine.
 CONTRACT_ENV = {
@@ -48,3 +49,12 @@ def start_server(log_dir: Path) -> Iterator[Callable[..., BifrostServer]]:
     for live in started:
         live.stop()
         live.assert_log_clean()
+
+
+@pytest.fixture
+def redis_server(log_dir: Path) -> Iterator[RedisServer]:
+    """A redis-server of the test's own; asked for before `start_server`, so that it stops
+    after the nodes that use it."""
+    redis = RedisServer(log_dir).start()
+    yield redis
+    redis.stop()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -18,12 +19,21 @@ from websockets.sync.client import connect
 from bifrost.client import BifrostClient
 from tests.chromium import BROWSER_DIR, BrowserPage, assert_not_blank, require_browser
 from tests.live import SECRET, BifrostServer, subscribe_token
+from tests.redis_server import RedisServer
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 RECONNECTING_WEBSOCKET = (
     BROWSER_DIR / "node_modules/reconnecting-websocket/dist/reconnecting-websocket-mjs.js"
 )
 RECONNECT_TIMEOUT = 40.0
+COMPAT_SECTION = "### 2. Subscribe in the browser"
+HISTORY_SECTION = "## Never miss a message: history and recovery"
+HISTORY = {"BIFROST_HISTORY_SIZE": "100"}
+# What the page logged: every `subscribed` (step 2's code), every message, every reload of a
+# channel's state (the history section's code).
+SUBSCRIBED = "window.logged.filter((line) => line.startsWith('Subscribed to'))"
+MESSAGES = "window.logged.filter((line) => line.startsWith('Bifrost msg: '))"
+RELOADED = "window.logged.filter((line) => line.startsWith('Reloading state of'))"
 
 
 @pytest.fixture
@@ -87,13 +97,13 @@ def test_status_page_figures_follow_broadcasts(start_server, browser: BrowserPag
         assert_not_blank(browser.screenshot("status-page.png"))
 
 
-def readme_browser_snippet() -> str:
-    """The JavaScript of the README's "Subscribe in the browser" section, verbatim."""
+def readme_browser_snippet(heading: str = COMPAT_SECTION) -> str:
+    """The first JavaScript block of the README's section `heading`, verbatim."""
     text = README.read_text()
-    section = text.split("### 2. Subscribe in the browser", 1)
-    assert len(section) == 2, "the README has no '### 2. Subscribe in the browser' section"
-    found = re.search(r"```js\n(.*?)```", section[1], re.S)
-    assert found, "the README's browser section has no js block"
+    section = text.split(f"\n{heading}\n", 1)
+    assert len(section) == 2, f"the README has no {heading!r} section"
+    found = re.search(r"```js\n(.*?)```", section[1].split("\n## ", 1)[0], re.S)
+    assert found, f"the README's section {heading!r} has no js block"
     return found.group(1)
 
 
@@ -106,6 +116,8 @@ def snippet_page(snippet: str, ws_base: str) -> str:
 </script>
 <script>
 var BIFROST_WSS_URL = {json.dumps(ws_base)};
+// The application's own, which the history code calls for a channel it could not recover.
+function reloadChannel(channel) {{ console.log("Reloading state of", channel); }}
 window.logged = [];
 const printLog = console.log.bind(console);
 console.log = (...args) => {{
@@ -160,18 +172,10 @@ class ApplicationServer:
 def test_readme_snippet_reconnects_after_restart(start_server, browser: BrowserPage):
     """The README's browser code resubscribes after a restart on the same port and hears on."""
     live: BifrostServer = start_server(name="readme-snippet")
-    page = snippet_page(readme_browser_snippet(), live.ws_url.removesuffix("/subscribe"))
-    token = json.dumps({"token": subscribe_token(["user:1", "global"])})
-    application = ApplicationServer(
-        {
-            "/": ("text/html; charset=utf-8", page.encode()),
-            "/reconnecting-websocket.mjs": ("text/javascript", RECONNECTING_WEBSOCKET.read_bytes()),
-            "/api/bifrost-token": ("application/json", token.encode()),
-        }
-    )
+    application = snippet_application(readme_browser_snippet(), live)
     try:
         browser.goto(f"{application.url}/")
-        subscribed = "window.logged.filter((line) => line.startsWith('Subscribed to')).length"
+        subscribed = f"{SUBSCRIBED}.length"
         browser.wait_for(f"{subscribed} === 2")
         assert browser.evaluate("window.logged") == ["Subscribed to user:1", "Subscribed to global"]
 
@@ -185,5 +189,104 @@ def test_readme_snippet_reconnects_after_restart(start_server, browser: BrowserP
         assert client.broadcast("user:1", "new_item", json.dumps({"id": 2}))["deliveries"] == 1
         browser.wait_for("window.logged.includes('Bifrost msg: new_item {\"id\":2}')")
         assert_not_blank(browser.screenshot("readme-snippet.png"))
+    finally:
+        application.close()
+
+
+def snippet_application(snippet: str, live: BifrostServer) -> ApplicationServer:
+    """The application serving `snippet` against `live`, and a token for user:1 and global."""
+    page = snippet_page(snippet, live.ws_url.removesuffix("/subscribe"))
+    token = json.dumps({"token": subscribe_token(["user:1", "global"])})
+    return ApplicationServer(
+        {
+            "/": ("text/html; charset=utf-8", page.encode()),
+            "/reconnecting-websocket.mjs": ("text/javascript", RECONNECTING_WEBSOCKET.read_bytes()),
+            "/api/bifrost-token": ("application/json", token.encode()),
+        }
+    )
+
+
+def wait_for_subscriptions(live: BifrostServer, expected: int, timeout: float = 10.0) -> None:
+    """Wait until the server counts `expected` subscriptions: the page has authenticated."""
+    deadline = time.monotonic() + timeout
+    while (subscriptions := live.stats()["subscriptions"]) != expected:
+        assert time.monotonic() < deadline, f"{subscriptions} subscriptions, not {expected}"
+        time.sleep(0.05)
+
+
+def received_ids(browser: BrowserPage) -> list[int]:
+    """The ids of the `new_item` messages the page logged, in the order it logged them."""
+    lines: list[str] = browser.evaluate(MESSAGES)
+    return [json.loads(line.removeprefix("Bifrost msg: new_item "))["id"] for line in lines]
+
+
+def test_readme_history_snippet_misses_nothing_across_a_restart(
+    redis_server: RedisServer, start_server, browser: BrowserPage
+):
+    """The README's history code gets every message exactly once, in order, across a restart
+    of its node: those sent through another node while it was down, and those sent the moment
+    it is back, while the page is still reconnecting."""
+    env = {"BIFROST_REDIS_URL": redis_server.url, **HISTORY}
+    node: BifrostServer = start_server(env, name="history-snippet")
+    other: BifrostServer = start_server(env, name="history-other")
+    application = snippet_application(readme_browser_snippet(HISTORY_SECTION), node)
+    sent: list[int] = []
+
+    def send(via: BifrostServer, n: int, deliveries: int | None) -> None:
+        # Every third message goes to both of the page's channels: it still arrives once.
+        channels = ["user:1", "global"] if n % 3 == 0 else ["user:1"]
+        answer = BifrostClient(via.url, SECRET).broadcast(
+            channels, "new_item", json.dumps({"id": n})
+        )
+        assert deliveries is None or answer.deliveries == deliveries
+        sent.append(n)
+
+    try:
+        browser.goto(f"{application.url}/")
+        wait_for_subscriptions(node, 2)
+        for n in range(1, 6):
+            send(node, n, deliveries=1)
+        browser.wait_for(f"{MESSAGES}.length === 5")
+
+        node.stop()
+        for n in range(6, 11):
+            send(other, n, deliveries=0)
+        node.start()
+        for n in range(11, 16):
+            send(node, n, deliveries=None)  # the page may or may not be back yet
+        browser.wait_for(f"{MESSAGES}.length >= 15", timeout=RECONNECT_TIMEOUT)
+        send(node, 16, deliveries=1)  # after it, nothing earlier can still arrive
+        browser.wait_for(f"{MESSAGES}.some((line) => line.endsWith(':16}}'))")
+        assert received_ids(browser) == sent == list(range(1, 17))
+        assert browser.evaluate(RELOADED) == []
+        assert_not_blank(browser.screenshot("readme-history-snippet.png"))
+    finally:
+        application.close()
+
+
+def test_readme_history_snippet_reloads_what_a_restart_lost(start_server, browser: BrowserPage):
+    """A node keeping history in-process starts its streams afresh when restarted: the
+    README's history code is told each channel was not recovered, reloads it, and hears on."""
+    live: BifrostServer = start_server(HISTORY, name="history-afresh")
+    application = snippet_application(readme_browser_snippet(HISTORY_SECTION), live)
+    try:
+        browser.goto(f"{application.url}/")
+        wait_for_subscriptions(live, 2)
+        client = BifrostClient(live.url, SECRET)
+        assert client.broadcast("user:1", "new_item", json.dumps({"id": 1})).deliveries == 1
+        browser.wait_for(f"{MESSAGES}.length === 1")
+        assert browser.evaluate(RELOADED) == []
+
+        live.stop()
+        live.start()
+        browser.wait_for(f"{RELOADED}.length === 2", timeout=RECONNECT_TIMEOUT)
+        assert browser.evaluate(RELOADED) == [
+            "Reloading state of user:1",
+            "Reloading state of global",
+        ]
+        assert client.broadcast("user:1", "new_item", json.dumps({"id": 2})).deliveries == 1
+        browser.wait_for(f"{MESSAGES}.length === 2")
+        assert received_ids(browser) == [1, 2]
+        assert_not_blank(browser.screenshot("readme-history-reload.png"))
     finally:
         application.close()

@@ -21,10 +21,14 @@ from websockets.sync.client import ClientConnection, connect
 
 from tests.delay_proxy import DelayProxy
 from tests.live import SECRET, BifrostServer, free_port, subscribe_token
+from tests.redis_server import RedisServer
 
 BIFROST = Path(sys.executable).with_name("bifrost")
 RUN_TIMEOUT = 20.0
 SERVE_TIMEOUT = 20.0
+# listen's backoff after a close is 0.5, 1, 2, then 5 s; a restart takes a few seconds.
+RESUME_TIMEOUT = 30.0
+HISTORY = {"BIFROST_HISTORY_SIZE": "100"}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -197,6 +201,58 @@ def test_listen_reconnects_after_a_normal_close(start_server, workdir: Path):
         proxy.stop()
 
 
+def test_listen_resumes_after_a_restart_without_loss(
+    redis_server: RedisServer, start_server, workdir: Path
+):
+    """With history in Redis, listen reconnects after its node restarts (1012) and prints the
+    events broadcast meanwhile through another node, then the live ones: all, once, in order."""
+    env = {"BIFROST_REDIS_URL": redis_server.url, **HISTORY}
+    node: BifrostServer = start_server(env, name="listen-node")
+    other: BifrostServer = start_server(env, name="listen-other")
+    cli_env = environ(JWT_SECRET=SECRET, BIFROST_URL=node.url)
+    with _listening(cli_env, workdir, "cli:resume", "--count", "9") as listener:
+        _wait_for_line(listener.stderr, "subscribed to cli:resume")
+        for n in (1, 2, 3):
+            _send(node, "cli:resume", "tick", str(n))
+        printed = _next_lines(listener.stdout, 3)
+        node.stop()
+        _wait_for_line(listener.stderr, "connection closed (1012")
+        for n in (4, 5, 6):
+            _send(other, "cli:resume", "tick", str(n), deliveries=0)
+        node.start()
+        _wait_for_line(listener.stderr, "subscribed to cli:resume", timeout=RESUME_TIMEOUT)
+        for n in (7, 8, 9):
+            _send(node, "cli:resume", "tick", str(n))
+        assert listener.process.wait(RUN_TIMEOUT) == 0
+        printed += _next_lines(listener.stdout, 6)
+        time.sleep(0.1)
+        assert listener.stdout.empty()
+        assert not any("could not recover" in line for line in listener.stderr.queue)
+    assert [json.loads(line) for line in printed] == [
+        {"event": "tick", "data": str(n)} for n in range(1, 10)
+    ]
+
+
+def test_listen_names_a_channel_it_could_not_recover(start_server, workdir: Path):
+    """A server keeping history in-process starts its streams afresh when restarted: listen
+    says on standard error which channel it could not recover, and hears on."""
+    live: BifrostServer = start_server(HISTORY, name="listen-afresh")
+    env = environ(JWT_SECRET=SECRET, BIFROST_URL=live.url)
+    with _listening(env, workdir, "cli:afresh", "--count", "2") as listener:
+        _wait_for_line(listener.stderr, "subscribed to cli:afresh")
+        _send(live, "cli:afresh", "tick", "1")
+        _next_lines(listener.stdout, 1)
+        live.stop()
+        live.start()
+        said = _wait_for_line(listener.stderr, "could not recover", timeout=RESUME_TIMEOUT)
+        assert said.strip() == (
+            "could not recover cli:afresh: events sent while disconnected may be missing"
+        )
+        _send(live, "cli:afresh", "tick", "2")
+        assert json.loads(_next_lines(listener.stdout, 1)[0]) == {"event": "tick", "data": "2"}
+        assert listener.process.wait(RUN_TIMEOUT) == 0
+
+
 def test_listen_interrupted_exits_130(server: BifrostServer, workdir: Path):
     """Ctrl-C (SIGINT) stops listen with exit code 130 and no traceback."""
     env = environ(JWT_SECRET=SECRET, BIFROST_URL=server.url)
@@ -343,8 +399,24 @@ def _wait_for_line(lines: queue.Queue[str], text: str, timeout: float = 10.0) ->
     raise AssertionError(f"no line with {text!r} within {timeout:g} s; saw {seen!r}")
 
 
-def _send(server: BifrostServer, channel: str, event: str, data: object) -> None:
+def _next_lines(lines: queue.Queue[str], count: int, timeout: float = 10.0) -> list[str]:
+    """The next `count` lines, all arrived within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    taken: list[str] = []
+    while len(taken) < count:
+        try:
+            taken.append(lines.get(timeout=max(deadline - time.monotonic(), 0)))
+        except queue.Empty:
+            raise AssertionError(
+                f"{len(taken)} lines, not {count}, within {timeout:g} s: {taken!r}"
+            ) from None
+    return taken
+
+
+def _send(
+    server: BifrostServer, channel: str, event: str, data: object, deliveries: int = 1
+) -> None:
     from bifrost.client import BifrostClient
 
     answer = BifrostClient(server.url, SECRET).broadcast(channel, event, data)
-    assert answer["deliveries"] == 1
+    assert answer["deliveries"] == deliveries

@@ -9,9 +9,11 @@ import time
 import jwt
 import pytest
 
-from bifrost.client import BifrostClient, BifrostError, token_for
+from bifrost.client import BifrostClient, BifrostError, BroadcastAnswer, Position, token_for
 from tests.clients import authenticated, receive_json
-from tests.live import SECRET, BifrostServer, free_port
+from tests.live import SECRET, BifrostServer, free_port, subscribe_token
+
+HISTORY = {"BIFROST_HISTORY_SIZE": "100"}
 
 
 def test_token_for_signs_channels_hs512_without_expiry():
@@ -70,6 +72,7 @@ async def test_sync_broadcast_delivers_and_answers_deliveries(server: BifrostSer
         client = BifrostClient(server.url, SECRET)
         answer = await asyncio.to_thread(client.broadcast, "sdk:sync", "new_item", '{"id": 7}')
         assert answer == {"message": "Success", "deliveries": 1}
+        assert answer.deliveries == 1 and answer.positions is None
         assert await receive_json(ws) == {"event": "new_item", "data": '{"id": 7}'}
 
 
@@ -125,3 +128,47 @@ async def test_network_failure_raises_without_status():
     with pytest.raises(BifrostError) as failed_async:
         await client.broadcast_async("sdk:a", "tick")
     assert failed_async.value.status is None
+
+
+async def test_broadcast_answers_the_positions_a_subscriber_sees(start_server):
+    """With history on, the answer gives the message's position in each channel, the same
+    that a positioned subscriber's frame carries, one offset past its subscribed position."""
+    from websockets.asyncio.client import connect
+
+    live: BifrostServer = start_server(HISTORY, name="sdk-history")
+    client = BifrostClient(live.url, SECRET)
+    async with connect(live.ws_url) as ws:
+        token = subscribe_token(["sdk:a", "sdk:b"])
+        await ws.send(json.dumps({"event": "authenticate", "data": token, "since": {}}))
+        starts = {}
+        for _ in range(2):
+            subscribed = await receive_json(ws)
+            assert subscribed["event"] == "subscribed"
+            starts.update(subscribed["positions"])
+        both = await client.broadcast_async(["sdk:a", "sdk:b"], "tick", "1")
+        one = await asyncio.to_thread(client.broadcast, "sdk:a", "tock", "2")
+        frames = [await receive_json(ws), await receive_json(ws)]
+    assert isinstance(both, BroadcastAnswer) and both.deliveries == 1
+    assert both.positions == {
+        channel: Position(start["epoch"], start["offset"] + 1) for channel, start in starts.items()
+    }
+    assert one.positions == {"sdk:a": Position(starts["sdk:a"]["epoch"], 2)}
+    assert frames == [
+        {"event": "tick", "data": "1", "positions": wire(both.positions)},
+        {"event": "tock", "data": "2", "positions": wire(one.positions)},
+    ]
+
+
+def test_an_answer_without_positions_has_none_and_a_malformed_one_raises():
+    """History off answers no positions (None); positions that are not positions raise
+    ValueError when read, since the broadcast itself went through."""
+    assert BroadcastAnswer({"message": "Success", "deliveries": 0}).positions is None
+    wrong = BroadcastAnswer({"deliveries": 1, "positions": {"a": {"epoch": "e", "offset": -1}}})
+    with pytest.raises(ValueError, match="offset"):
+        _ = wrong.positions
+
+
+def wire(positions: dict[str, Position] | None) -> dict[str, dict[str, object]]:
+    """Positions as the frames carry them."""
+    assert positions is not None
+    return {c: {"epoch": p.epoch, "offset": p.offset} for c, p in positions.items()}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from itertools import count
 
 import httpx
@@ -10,7 +10,9 @@ import pytest
 from sanic import Sanic
 
 from bifrost.app import create_app
-from bifrost.brokers.base import Broker, Totals
+from bifrost.brokers.base import Broker, Published, Totals
+from bifrost.rules.history import ChannelSnapshot
+from bifrost.rules.positions import Position
 from bifrost.rules.settings import Settings
 from bifrost.service import Service, service_of
 from tests.live import BifrostServer
@@ -41,8 +43,13 @@ class UnreachableBroker(Broker):
     async def wait_subscribed(self, channels: Sequence[str]) -> None:
         """No channels in these tests."""
 
-    async def publish(self, channels: Sequence[str], payload: bytes) -> int:
+    async def publish(self, channels: Sequence[str], payload: bytes) -> Published:
         raise AssertionError("a health check must not publish")
+
+    async def snapshot(
+        self, channels: Sequence[str], since: Mapping[str, Position]
+    ) -> dict[str, ChannelSnapshot]:
+        raise AssertionError("a health check must not read history")
 
     async def totals(self) -> Totals:
         raise AssertionError("a health check must not ask the other processes for figures")

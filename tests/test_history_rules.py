@@ -142,3 +142,50 @@ def test_since_accepted():
     assert (
         since_problem({"a": {"epoch": "e", "offset": 0}, "b": {"epoch": "", "offset": 9}}) is None
     )
+
+
+def test_a_message_held_through_another_channel_goes_out_in_its_place():
+    """Through Redis a node not yet subscribed to a new channel still hears a message sent to
+    it and to a channel the node hears already (held), not a later one sent to it alone (kept
+    only): the recovered messages still go out in the channel's order, each once."""
+    first = message(0, c1=1, c2=1)  # reached the node through c1, heard there by another socket
+    alone = message(2, c2=2)  # sent before the node's subscription to c2 took
+    third = message(1, c1=2, c2=3)  # through c1 again
+    snapshots = {
+        "c0": ChannelSnapshot("e", 0),
+        "c2": ChannelSnapshot("e", 3, [first, alone, third]),
+    }
+    since = {"c0": Position("e", 0), "c2": Position("e", 0)}
+    recovery = plan_recovery(["c0", "c2"], since, snapshots, 10, 10**6)
+    assert recovery.recovered == {"c0": True, "c2": True}
+    assert sent(recovery.frames([first, third], {"c0", "c2"})) == [
+        (0, {"c2": 1}),
+        (2, {"c2": 2}),
+        (1, {"c2": 3}),
+    ]
+
+
+def test_messages_of_a_channel_heard_already_keep_their_order():
+    """A socket that hears `a` and adds `b` with a position gets the messages of `b` it missed
+    and every message of `a` held meanwhile, each once and in the order of each channel."""
+    missed = message(0, b=1)  # before the socket began to hear b: kept only
+    both = message(2, a=6, b=2)
+    held_b = message(3, b=3)
+    snapshots = {"b": ChannelSnapshot("e", 3, [missed, both, held_b])}
+    recovery = plan_recovery(["b"], {"b": Position("e", 0)}, snapshots, 10, 10**6)
+    held = [message(1, a=5), both, held_b, message(4, a=7)]
+    out = sent(recovery.frames(held, {"a", "b"}))
+    assert sorted(n for n, _ in out) == [0, 1, 2, 3, 4]
+    assert [offsets["a"] for _, offsets in out if "a" in offsets] == [5, 6, 7]
+    assert [offsets["b"] for _, offsets in out if "b" in offsets] == [1, 2, 3]
+    assert dict(out)[2] == {"a": 6, "b": 2}
+
+
+def test_a_held_message_the_client_had_already_is_not_sent_again():
+    """Through Redis a message may reach the new node after the client had it from the old
+    one: held, it is not sent again; one published after the snapshot follows."""
+    recovery = plan_recovery(
+        ["c"], {"c": Position("e", 2)}, {"c": ChannelSnapshot("e", 3, [message(1, c=3)])}, 10, 10**6
+    )
+    held = [message(0, c=2), message(1, c=3), message(2, c=4)]
+    assert sent(recovery.frames(held, {"c"})) == [(1, {"c": 3}), (2, {"c": 4})]

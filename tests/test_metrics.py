@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -27,7 +26,6 @@ from bifrost.rules.settings import Settings
 from bifrost.rules.tokens import Rejection, TokenRejected, TokenVerifier
 from tests.clients import authenticated, post_broadcast
 from tests.live import SECRET, BifrostServer, broadcast_token, subscribe_token
-from tests.redis_server import RedisServer
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -243,13 +241,6 @@ async def test_connections_closed_before_upgrading_are_counted_by_reason(start_s
 
 
 # -- several workers ------------------------------------------------------------------
-
-
-@pytest.fixture
-def redis_server(log_dir: Path) -> Iterator[RedisServer]:
-    server = RedisServer(log_dir).start()
-    yield server
-    server.stop()
 
 
 def worker_connections(shared: Path) -> list[float]:

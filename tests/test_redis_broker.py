@@ -40,13 +40,6 @@ GRACEFUL_SHUTDOWN_S = 5.0
 
 
 @pytest.fixture
-def redis_server(log_dir: Path) -> Iterator[RedisServer]:
-    server = RedisServer(log_dir).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def node(redis_server: RedisServer, start_server: Callable[..., BifrostServer]) -> Node:
     """Start a Bifröst node sharing the test's Redis (stopped before Redis is)."""
 

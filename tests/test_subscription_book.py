@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from itertools import count
 
+from bifrost.rules.history import Entry
 from bifrost.rules.registry import ChannelRegistry
 from bifrost.rules.subscription_book import SubscriptionBook
 
@@ -149,6 +150,8 @@ class Socket:
     """A listener that hears nothing: only its channels matter here."""
 
     channels: set[str] = field(default_factory=set)
+    positioned: bool = False
+    held: list[Entry] | None = None
 
     def write(self, frame: bytes) -> None:
         pass

@@ -10,8 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import httpx
 import jwt
@@ -221,13 +220,6 @@ def test_sanic_errors_quoting_bytes_not_utf8_are_json_not_500(
         status,
         {"error": reason},
     )
-
-
-@pytest.fixture
-def redis_server(log_dir: Path) -> Iterator[RedisServer]:
-    server = RedisServer(log_dir).start()
-    yield server
-    server.stop()
 
 
 async def test_surrogate_channel_through_redis_harms_no_other_subscriber(

@@ -10,6 +10,8 @@ from bifrost.client.sdk import (
     DEFAULT_ALGORITHM,
     BifrostClient,
     BifrostError,
+    BroadcastAnswer,
+    Position,
     broadcast_claims,
     token_for,
 )
@@ -19,6 +21,8 @@ __all__ = [
     "DEFAULT_ALGORITHM",
     "BifrostClient",
     "BifrostError",
+    "BroadcastAnswer",
+    "Position",
     "broadcast_claims",
     "token_for",
 ]

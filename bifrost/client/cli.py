@@ -152,7 +152,9 @@ def _add_listen(commands: Subcommands) -> None:
         help="subscribe to channels and print each event as it arrives",
         description=(
             "Subscribe to the channels and print each arriving event as one JSON line, "
-            "reconnecting when the connection is lost. Status goes to standard error."
+            "reconnecting when the connection is lost. When the server keeps history, a "
+            "reconnection resumes where the last connection stopped, and a channel whose "
+            "missed events are gone is named on standard error. Status goes to standard error."
         ),
     )
     listen.add_argument("channels", nargs="+", type=_channel, metavar="CHANNEL")
@@ -237,10 +239,12 @@ def _listen(args: argparse.Namespace) -> int:
 
 
 async def _listen_until_done(ws_url: str, token: str, count: int | None) -> int:
-    """Print events until `count` arrived; reconnect after a lost connection.
+    """Print events until `count` arrived; reconnect after a lost connection, and resume.
 
     A server that cannot be reached at all is an error at once: reconnecting is for a
-    connection that worked and was lost (a restart, a network blip).
+    connection that worked and was lost (a restart, a network blip). Every authenticate
+    sends `since`, the positions the frames gave so far (`{}` at first), so that a server
+    with history sends what was missed; one without ignores it.
     """
     from websockets.asyncio.client import connect
     from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
@@ -248,14 +252,17 @@ async def _listen_until_done(ws_url: str, token: str, count: int | None) -> int:
     received = 0
     failures = 0
     connected_once = False
+    since: dict[str, Any] = {}
     while True:
         try:
             async with connect(ws_url, open_timeout=10) as ws:
                 connected_once = True
-                await ws.send(json.dumps({"event": "authenticate", "data": token}))
+                authenticate = {"event": "authenticate", "data": token, "since": since}
+                await ws.send(json.dumps(authenticate))
                 failures = 0
                 async for frame in ws:
                     message = json.loads(frame)
+                    _keep_positions(message, since)
                     if _is_status(message):
                         continue
                     print(json.dumps(message, ensure_ascii=False), flush=True)
@@ -280,11 +287,22 @@ async def _listen_until_done(ws_url: str, token: str, count: int | None) -> int:
         failures += 1
 
 
+def _keep_positions(message: Any, since: dict[str, Any]) -> None:
+    """Take a frame's `positions` into `since` (the browser's `Object.assign`), and off the
+    frame: an event is printed as it was broadcast."""
+    positions = message.pop("positions", None) if isinstance(message, dict) else None
+    if isinstance(positions, dict):
+        since.update(positions)
+
+
 def _is_status(message: Any) -> bool:
     """Protocol replies are said on stderr; only broadcast events go to stdout."""
     event = message.get("event") if isinstance(message, dict) else None
     if event == "subscribed":
-        _say(f"subscribed to {json.loads(message['data'])['channel']}")
+        channel = json.loads(message["data"])["channel"]
+        _say(f"subscribed to {channel}")
+        if message.get("recovered") is False:
+            _say(f"could not recover {channel}: events sent while disconnected may be missing")
         return True
     if event == "error":
         _say(f"the server answered an error: {message.get('data')}")

@@ -3,6 +3,8 @@
 The defaults are those of the original service's Ruby gem: HS512, and broadcast tokens that
 expire 60 seconds after they are signed, so a token caught in a log is soon worthless.
 Configuration comes from `JWT_SECRET` and `BIFROST_URL`, or from arguments.
+With history on, a broadcast's answer also says where the message stands in each channel
+(`BroadcastAnswer.positions`), so that the application can store it with its own write.
 """
 
 from __future__ import annotations
@@ -16,12 +18,15 @@ import httpx
 import jwt
 
 from bifrost.rules.channels import channel_name
+from bifrost.rules.positions import Position, parse_since, since_problem
 
 __all__ = [
     "BROADCAST_TTL",
     "DEFAULT_ALGORITHM",
     "BifrostClient",
     "BifrostError",
+    "BroadcastAnswer",
+    "Position",
     "broadcast_claims",
     "token_for",
 ]
@@ -47,6 +52,34 @@ class BifrostError(Exception):
             super().__init__(f"Bifröst at {url} could not be reached: {error}")
         else:
             super().__init__(f"Bifröst at {url} answered {status}: {error}")
+
+
+class BroadcastAnswer(dict[str, Any]):
+    """The server's JSON answer to a broadcast, as a dict (`answer["deliveries"]`), with its
+    figures typed: `deliveries`, and `positions` when the server keeps history.
+    """
+
+    @property
+    def deliveries(self) -> int:
+        """The sockets the message was handed to, across every worker and node."""
+        deliveries: int = self["deliveries"]
+        return deliveries
+
+    @property
+    def positions(self) -> dict[str, Position] | None:
+        """Where the message stands in each channel it was broadcast to; None when the server
+        keeps no history (`BIFROST_HISTORY_SIZE` 0), which answers no positions.
+
+        A value that is not an object of positions raises ValueError: the broadcast itself
+        went through, so it is not a BifrostError.
+        """
+        positions = self.get("positions")
+        if positions is None:
+            return None
+        problem = since_problem(positions)
+        if problem is not None:
+            raise ValueError(f"the answer's positions are not positions: {problem}")
+        return parse_since(positions)
 
 
 def token_for(
@@ -89,8 +122,8 @@ class BifrostClient:
 
     `url` defaults to `BIFROST_URL`, `secret` to `JWT_SECRET`. Each broadcast signs a fresh
     token valid for `ttl` seconds and answers the server's JSON, such as
-    `{"message": "Success", "deliveries": 2}`; any status above 206, or no answer at all,
-    raises BifrostError.
+    `{"message": "Success", "deliveries": 2}`, as a BroadcastAnswer; any status above 206, or
+    no answer at all, raises BifrostError.
     """
 
     def __init__(
@@ -128,7 +161,7 @@ class BifrostClient:
 
     def broadcast(
         self, channel_or_channels: str | Sequence[str], event: str, data: Any = None
-    ) -> dict[str, Any]:
+    ) -> BroadcastAnswer:
         """Send `{"event": event, "data": data}` to the channels; answer the server's JSON."""
         body = {"token": self.broadcast_token(channel_or_channels, event, data)}
         try:
@@ -139,7 +172,7 @@ class BifrostClient:
 
     async def broadcast_async(
         self, channel_or_channels: str | Sequence[str], event: str, data: Any = None
-    ) -> dict[str, Any]:
+    ) -> BroadcastAnswer:
         """`broadcast` for asyncio code: the same token, answer and errors."""
         body = {"token": self.broadcast_token(channel_or_channels, event, data)}
         try:
@@ -150,7 +183,7 @@ class BifrostClient:
         return _answer(response, self.broadcast_url)
 
 
-def _answer(response: httpx.Response, url: str) -> dict[str, Any]:
+def _answer(response: httpx.Response, url: str) -> BroadcastAnswer:
     """The JSON of a successful answer; BifrostError with the server's reason otherwise."""
     try:
         answer = response.json()
@@ -164,7 +197,7 @@ def _answer(response: httpx.Response, url: str) -> dict[str, Any]:
         raise BifrostError(response.status_code, reason, url)
     if not isinstance(answer, dict):
         raise BifrostError(response.status_code, "the answer is not a JSON object", url)
-    return answer
+    return BroadcastAnswer(answer)
 
 
 def _describe(failure: httpx.HTTPError) -> str:

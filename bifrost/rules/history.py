@@ -39,10 +39,6 @@ class Entry:
     payload: bytes
     positions: MessagePositions
 
-    def positions_in(self, channel: str) -> Position:
-        """The message's position in one of its channels."""
-        return next(p for c, p in self.positions if c == channel)
-
 
 @dataclass(frozen=True, slots=True)
 class ChannelSnapshot:
@@ -59,38 +55,41 @@ class Recovery:
     """What a positioned socket is told for the new channels of one authenticate.
 
     `starts` is where each channel continues (the `subscribed` frames' positions), `recovered`
-    says, for each channel `since` named, whether nothing was missed, and `entries` are the
-    kept messages to send after the `subscribed` frames, in order, each once.
+    says, for each channel `since` named, whether nothing was missed, and `kept` holds, for
+    each recovered channel, the kept messages it missed, oldest first.
     """
 
     starts: dict[str, Position]
     recovered: dict[str, bool]
-    entries: list[Entry]
+    kept: dict[str, Sequence[Entry]]
 
     def frames(self, held: Sequence[Entry], channels: Collection[str]) -> list[bytes]:
         """The message frames that follow the `subscribed` frames, given the live messages
         held back meanwhile and every channel the socket now hears.
 
-        Every live message since the socket began to hear the new channels is held, so a kept
-        message that was also held goes out once, from the held ones, where it stands among
-        the messages of the socket's other channels. A message's frame names only the
-        positions the client has not reached: a channel's offset never goes back.
+        The held messages are those this process handed the socket since it began to hear the
+        new channels, in the order they were published, but not every one of a new channel:
+        through Redis, a node not yet subscribed to it still hears a message sent to it and to
+        a channel the node hears already, not one sent to it alone. So each channel's messages
+        are lined up on their own (a new channel's kept ones, then its held ones published
+        after the snapshot; a channel heard already, its held ones) and merged: each message
+        once, in the order of every channel, naming only the positions the client has not
+        reached, so that a channel's offset never goes back.
         """
-        held_now = {entry.positions for entry in held}
-        frames = []
-        for entry in self.entries:
-            if entry.positions not in held_now:
-                fresh = [(c, p) for c, p in entry.positions if self._after_start(c, p)]
-                frames.append(positioned_message(entry.payload, fresh))
+        kept = {entry.positions for entries in self.kept.values() for entry in entries}
+        lines = {channel: list(entries) for channel, entries in self.kept.items()}
         for entry in held:
-            fresh = [
-                (c, p)
-                for c, p in entry.positions
-                if c in channels and (c not in self.starts or self._after_start(c, p))
-            ]
-            if fresh:
-                frames.append(positioned_message(entry.payload, fresh))
-        return frames
+            for channel, position in entry.positions:
+                if channel not in channels:
+                    continue
+                if channel not in self.starts or (
+                    entry.positions not in kept and self._after_start(channel, position)
+                ):
+                    lines.setdefault(channel, []).append(entry)
+        return [
+            positioned_message(entry.payload, [(c, p) for c, p in entry.positions if c in own])
+            for entry, own in _merge(lines)
+        ]
 
     def _after_start(self, channel: str, position: Position) -> bool:
         start = self.starts.get(channel)
@@ -137,7 +136,7 @@ def plan_recovery(
         recovered[channel] = True
         if missed:
             wanted[channel] = missed
-    return Recovery(starts, recovered, _merge(wanted))
+    return Recovery(starts, recovered, wanted)
 
 
 def _missed(asked: Position, snapshot: ChannelSnapshot) -> Sequence[Entry] | None:
@@ -150,43 +149,36 @@ def _missed(asked: Position, snapshot: ChannelSnapshot) -> Sequence[Entry] | Non
     return entries
 
 
-def _merge(streams: Mapping[str, Sequence[Entry]]) -> list[Entry]:
-    """The entries of several channels as one sequence in the order of each, a message
-    broadcast to several of them once.
+def _merge(lines: Mapping[str, Sequence[Entry]]) -> list[tuple[Entry, list[str]]]:
+    """The messages of several channels' lines as one sequence, each once, with the channels
+    whose lines hold it, in the order of every line.
 
-    A broadcast is appended to all its channels in one atomic step, so the channels agree on
-    the order of the messages they share: of the streams' next entries, one is always next in
-    every stream that holds it, and it goes first.
+    Each line is in the order its messages were published, and a broadcast is given its
+    offsets in all its channels in one atomic step: of the lines' first messages, the earliest
+    published is first in every line that holds it, so there is always one to go next.
     """
-    queues = {channel: deque(entries) for channel, entries in streams.items()}
-    merged: list[Entry] = []
+    queues = {channel: deque(entries) for channel, entries in lines.items() if entries}
+    holders: dict[MessagePositions, list[str]] = {}
+    for channel, queue in queues.items():
+        for entry in queue:
+            holders.setdefault(entry.positions, []).append(channel)
+    merged: list[tuple[Entry, list[str]]] = []
     while queues:
-        entry = next(queue[0] for queue in queues.values() if _next_everywhere(queue[0], queues))
-        merged.append(entry)
-        for channel, _ in entry.positions:
-            queue = queues.get(channel)
-            if queue is not None and queue[0].positions == entry.positions:
-                queue.popleft()
-                if not queue:
-                    del queues[channel]
+        entry = next(
+            queue[0]
+            for queue in queues.values()
+            if all(
+                queues[c][0].positions == queue[0].positions for c in holders[queue[0].positions]
+            )
+        )
+        own = holders[entry.positions]
+        merged.append((entry, own))
+        for channel in own:
+            queue = queues[channel]
+            queue.popleft()
+            if not queue:
+                del queues[channel]
     return merged
-
-
-def _next_everywhere(entry: Entry, queues: Mapping[str, deque[Entry]]) -> bool:
-    """Whether `entry` is next in every stream being merged that still holds it.
-
-    A stream holds it when its position there is past the one the stream starts from: the
-    next entry's offset, the stream being complete from there on.
-    """
-    for channel, position in entry.positions:
-        queue = queues.get(channel)
-        if (
-            queue is not None
-            and position.offset >= queue[0].positions_in(channel).offset
-            and queue[0].positions != entry.positions
-        ):
-            return False
-    return True
 
 
 def positions_json(positions: Iterable[tuple[str, Position]]) -> bytes:
