@@ -162,7 +162,8 @@ class Subscriber(WSListener):  # type: ignore[misc]
             self.transport is not None
             and self.returning is None
             and self.subscribed.done()
-            and not self.subscribed.exception()
+            and not self.subscribed.cancelled()
+            and self.subscribed.exception() is None
         )
 
     def on_ws_connected(self, transport: WSTransport) -> None:
