@@ -169,7 +169,6 @@ class Subscriber(WSListener):  # type: ignore[misc]
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
         self.pending_subscriptions = len(self.next_seq)
-        self.close_code = 0
         if self.layout.positioned:
             frame = {"event": "authenticate", "data": self.token, "since": self.since}
             transport.send(WSMsgType.TEXT, orjson.dumps(frame))
@@ -304,6 +303,7 @@ class Subscriber(WSListener):  # type: ignore[misc]
     async def open(self, url: str, timeout_s: float) -> None:
         """Connect to `url` and wait until every channel is subscribed."""
         self.subscribed = asyncio.get_running_loop().create_future()
+        self.close_code = 0
         try:
             await ws_connect(
                 lambda: self,
