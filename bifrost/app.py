@@ -23,10 +23,9 @@ from bifrost.blueprints.pages import api_pages_in_development_only
 from bifrost.bounded_http import BifrostSanic
 from bifrost.brokers.base import Broker, HistoryLimits
 from bifrost.brokers.local import LocalBroker
-from bifrost.connection import Subscriber
 from bifrost.errors import JSONErrorHandler
 from bifrost.limits import raise_open_file_limit
-from bifrost.logs import configure_logging, sanic_log_config
+from bifrost.logs import configure_logging, redact_query_tokens, sanic_log_config
 from bifrost.reaper import reap_idle_sockets
 from bifrost.rules.devmode import first_steps
 from bifrost.rules.protocol import TRY_AGAIN_LATER
@@ -48,6 +47,7 @@ from bifrost.signals import (
     stop_server_on_signals,
     stop_workers_on_signals,
 )
+from bifrost.subscribers import Connected
 
 __all__ = ["app", "create_app"]
 
@@ -75,6 +75,7 @@ def create_app(settings: Settings | None = None, name: str = "bifrost") -> Sanic
         log_config=sanic_log_config(settings.log_format),
         ctx=BifrostContext(settings),
     )
+    redact_query_tokens()
     _configure_sanic(app, settings)
     app.blueprint(all_blueprints)
     app.on_request(api_pages_in_development_only)
@@ -132,7 +133,7 @@ async def open_service(app: Sanic[Any, Any]) -> None:
     """Create this worker's registry, broker and token rules, and start its reaper."""
     settings = _checked_settings(app)
     raise_open_file_limit(settings.max_connections)
-    registry: ChannelRegistry[Subscriber] = ChannelRegistry()
+    registry: ChannelRegistry[Connected] = ChannelRegistry()
     broker = _make_broker(settings, registry)
     await broker.start()
     verifier = TokenVerifier.from_settings(settings)
@@ -186,7 +187,7 @@ async def close_service(app: Sanic[Any, Any]) -> None:
     await service_of(app).broker.stop()
 
 
-def _make_broker(settings: Settings, registry: ChannelRegistry[Subscriber]) -> Broker:
+def _make_broker(settings: Settings, registry: ChannelRegistry[Connected]) -> Broker:
     """Redis when configured, imported only then; otherwise the in-process broker.
 
     Either is handed the registry's fan-out and figures, never the registry itself.
@@ -208,7 +209,7 @@ def _make_broker(settings: Settings, registry: ChannelRegistry[Subscriber]) -> B
     return LocalBroker(registry.deliver, registry.figures, history)
 
 
-def _close_positioned(registry: ChannelRegistry[Subscriber]) -> None:
+def _close_positioned(registry: ChannelRegistry[Connected]) -> None:
     """Live delivery stopped: tell positioned sockets to come back (1013), so that they
     recover what is published meanwhile instead of missing it unawares. Unpositioned sockets
     stay, as they always have: they could not recover it anyway."""

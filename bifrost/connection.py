@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from time import monotonic
 from typing import Protocol, cast
 
@@ -28,9 +28,11 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from bifrost.metrics import socket_closed_by_server
+from bifrost.rules.event_ids import Cursor
 from bifrost.rules.history import Entry
 from bifrost.rules.liveness import Liveness
-from bifrost.rules.protocol import RATE_LIMIT, SLOW_CONSUMER, ClientFrames, Close
+from bifrost.rules.positions import Position
+from bifrost.rules.protocol import RATE_LIMIT, SLOW_CONSUMER, ClientFrames, Close, text_frame
 
 __all__ = ["CLOSE_HANDSHAKE_TIMEOUT", "SocketEvents", "Subscriber"]
 
@@ -74,6 +76,8 @@ class Subscriber(asyncio.Protocol):
     )
     # Declared on the class, as `Listener` declares it, for the registry to take a Subscriber.
     write: Callable[[bytes], object]
+    # A websocket's frames carry their positions themselves: it has no event stream's cursor.
+    cursor: Cursor | None = None
 
     def __init__(
         self,
@@ -116,6 +120,12 @@ class Subscriber(asyncio.Protocol):
         """Write a ready frame, unless the socket is closing."""
         if not self.closed:
             self.write(frame)
+
+    def send_json(self, body: bytes, positions: Iterable[tuple[str, Position]] = ()) -> None:
+        """Write one frame's JSON as a text frame, unless the socket is closing; its positions
+        are in the JSON already."""
+        if not self.closed:
+            self.write(text_frame(body))
 
     def pause_writing(self) -> None:
         """The transport's unsent bytes passed the bound: a client that reads this slowly is

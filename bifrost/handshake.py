@@ -5,7 +5,8 @@ Sanic parses the upgrade request and runs the middleware (origin and capacity ch
 validates the request and writes the 101 answer; the connection is then taken from
 Sanic's HTTP protocol and given to the protocol object that serves the socket from then on
 (`bifrost.connection.Subscriber`). Sanic's own websocket machinery is never started, so a
-socket costs one object and no task.
+socket costs one object and no task. An event stream's connection is handed over the same
+way (`hand_over`), after the head of its 200, to a `bifrost.event_stream.EventStream`.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import cast
+from typing import TypeVar, cast
 
 from sanic import Request
+from sanic.http import Http
 from sanic.response import HTTPResponse, json
 from sanic.server import HttpProtocol
 from websockets.datastructures import Headers
@@ -35,12 +37,13 @@ from bifrost.rules.admission import (
     library_refusal,
 )
 
-__all__ = ["SocketFactory", "refuse", "upgrade"]
+__all__ = ["SocketFactory", "hand_over", "refuse", "upgrade"]
 
 # Every refusal is of a `/subscribe` handshake, and logged where an operator looks for them.
 logger = logging.getLogger("bifrost.subscribe")
 
 SocketFactory = Callable[[asyncio.Transport, ServerProtocol], asyncio.Protocol]
+P = TypeVar("P", bound=asyncio.Protocol)
 
 
 def upgrade(request: Request, serve: SocketFactory, max_frame_bytes: int) -> HTTPResponse | None:
@@ -67,29 +70,41 @@ def upgrade(request: Request, serve: SocketFactory, max_frame_bytes: int) -> HTT
     answer = ws.accept(UpgradeRequest(path=request.path, headers=headers))
     if answer.status_code != 101:
         return refuse(request, _library_refusal(answer, ws.handshake_exc))
+    hand_over(request, answer.serialize(), lambda transport: serve(transport, ws))
+    return None
+
+
+def hand_over(request: Request, head: bytes, serve: Callable[[asyncio.Transport], P]) -> P:
+    """Write the answer's head, take the request's connection from Sanic, and give it to the
+    protocol `serve` makes, fed first what Sanic read past the request."""
+    # Sanic types it as any transport; over HTTP/1.1 it is the event loop's TCP transport.
+    transport = cast(asyncio.Transport, request.transport)
     http = transport.get_protocol()
     assert isinstance(http, HttpProtocol), "served by Sanic's HTTP/1.1 protocol"
     # Sanic's own buffer of bytes read and not parsed: frames sent right behind the request.
     unread = bytes(http.recv_buffer)
-    _release(http)
-    transport.write(answer.serialize())
-    protocol = serve(transport, ws)
+    _release(http, request)
+    transport.write(head)
+    protocol = serve(transport)
     transport.set_protocol(protocol)
     protocol.connection_made(transport)
     transport.resume_reading()
     if unread:
         protocol.data_received(unread)
-    return None
+    return protocol
 
 
-def refuse(request: Request, refusal: Refusal) -> HTTPResponse:
-    """Perform a refusal of the upgrade request: log and count it as it says, and answer it."""
+def refuse(request: Request, refusal: Refusal, answer: HTTPResponse | None = None) -> HTTPResponse:
+    """Perform a refusal of the upgrade request: log and count it as it says, and answer it
+    (with `answer` when the refusal's own JSON is not what the client must hear)."""
     if refusal.log is not None:
         logger.log(refusal.log_level, "%s", refusal.log)
     if refusal.metric_reason is not None:
         metrics.handshake_refused(refusal.metric_reason)
     if refusal.close_connection:
         close_after_answer(request)
+    if answer is not None:
+        return answer
     return json({"error": refusal.reason}, status=refusal.status, headers=refusal.headers)
 
 
@@ -104,15 +119,19 @@ def _library_refusal(answer: Response, cause: Exception | None) -> Refusal:
     )
 
 
-def _release(http: HttpProtocol) -> None:
+def _release(http: HttpProtocol, request: Request) -> None:
     """Make Sanic's HTTP protocol let go of the connection without closing it.
 
     Its connection task ends when the handler returns; with no transport its closing is a
     no-op that also cancels its timeout timer (left armed, it would keep the connection's
     objects alive for half a minute). Out of its connection set, the socket is no longer
     Sanic's to close at shutdown: `bifrost.blueprints.subscribe.close_subscriptions` closes
-    it with 1012.
+    it with 1012. Marked as upgraded (as a websocket's request is by its `Upgrade` header),
+    the request is one whose handler answers nothing, so Sanic writes no error after it.
     """
     # Sanic's internals, pinned by tests/test_dependency_pins.py.
     http.connections.discard(http)
     http.transport = None
+    stream = request.stream
+    assert isinstance(stream, Http), "served by Sanic's HTTP/1.1 protocol"
+    stream.upgrade_websocket = True

@@ -16,9 +16,20 @@ from typing import Any
 import orjson
 from sanic.log import LOGGING_CONFIG_DEFAULTS
 
-__all__ = ["JSONLineFormatter", "configure_logging", "sanic_log_config"]
+from bifrost.rules.text import without_query_tokens
+
+__all__ = [
+    "JSONLineFormatter",
+    "QueryTokenRedaction",
+    "configure_logging",
+    "redact_query_tokens",
+    "sanic_log_config",
+]
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# Sanic's loggers, which quote request URLs: its access lines, and messages such as a
+# request stopped or failed.
+SANIC_LOGGERS = ("sanic.access", "sanic.root", "sanic.error", "sanic.server", "sanic.websockets")
 
 # The attributes every LogRecord has; any other one was passed as `extra` and is kept.
 _RECORD_FIELDS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
@@ -50,6 +61,30 @@ class JSONLineFormatter(logging.Formatter):
             # Text UTF-8 cannot carry (a lone surrogate in another library's line, quoting
             # request bytes as Sanic decoded them): escaped by the standard library, not lost.
             return stdlib_json.dumps(line, default=str)
+
+
+class QueryTokenRedaction(logging.Filter):
+    """Takes the value of `?token=` out of every record that quotes a URL, before any
+    handler writes it: an event stream's token travels in its URL, and no token may reach
+    a log line, the access log included."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        request = record.__dict__.get("request")
+        if isinstance(request, str):
+            record.request = without_query_tokens(request)
+        message = record.getMessage()
+        redacted = without_query_tokens(message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True
+
+
+def redact_query_tokens() -> None:
+    """Give Sanic's loggers the redaction, once per process, after Sanic configured them."""
+    for name in SANIC_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, QueryTokenRedaction) for f in logger.filters):
+            logger.addFilter(QueryTokenRedaction())
 
 
 def configure_logging(log_format: str = "text") -> None:

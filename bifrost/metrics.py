@@ -85,7 +85,12 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 
 CONNECTIONS = Gauge(
     "bifrost_connections",
-    "Open websocket connections.",
+    "Open subscriber connections: websockets and event streams.",
+    multiprocess_mode="livesum",
+)
+EVENT_STREAMS = Gauge(
+    "bifrost_event_streams",
+    "Open event streams, counted in bifrost_connections too.",
     multiprocess_mode="livesum",
 )
 CHANNELS = Gauge(
@@ -124,12 +129,12 @@ AUTH_FAILURES = Counter(
 )
 SOCKETS_CLOSED = Counter(
     "bifrost_sockets_closed",
-    "Websockets closed by the server, by reason.",
+    "Websockets and event streams closed by the server, by reason.",
     ["reason"],
 )
 HANDSHAKES_REFUSED = Counter(
     "bifrost_handshakes_refused",
-    "Websocket handshakes refused before upgrading, by reason (origin, full, stopping).",
+    "Websocket handshakes and event-stream requests refused, by reason (origin, full, stopping).",
     ["reason"],
 )
 HTTP_CONNECTIONS_CLOSED = Counter(
@@ -185,9 +190,12 @@ def broadcast_delivered(deliveries: int, seconds: float) -> None:
     BROADCAST_LATENCY.observe(seconds)
 
 
-def sample(connected: int, channels: int, subscriptions: int, broker_available: bool) -> None:
+def sample(
+    connected: int, event_streams: int, channels: int, subscriptions: int, broker_available: bool
+) -> None:
     """Set this worker's gauges to its figures now."""
     CONNECTIONS.set(connected)
+    EVENT_STREAMS.set(event_streams)
     CHANNELS.set(channels)
     SUBSCRIPTIONS.set(subscriptions)
     BROKER_AVAILABLE.set(1 if broker_available else 0)

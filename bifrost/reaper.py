@@ -6,10 +6,10 @@ import asyncio
 import logging
 from time import monotonic
 
-from bifrost.connection import Subscriber
 from bifrost.rules.liveness import SendPing, liveness_verdict
 from bifrost.rules.registry import ChannelRegistry
 from bifrost.rules.settings import Settings
+from bifrost.subscribers import Connected
 
 __all__ = ["reap_idle_sockets", "reaper_tick"]
 
@@ -25,7 +25,7 @@ def reaper_tick(settings: Settings) -> float:
 
 
 async def reap_idle_sockets(
-    registry: ChannelRegistry[Subscriber], settings: Settings, stopping: asyncio.Event
+    registry: ChannelRegistry[Connected], settings: Settings, stopping: asyncio.Event
 ) -> None:
     """Walk every socket once a tick, applying the liveness rules, until the server stops."""
     tick = reaper_tick(settings)

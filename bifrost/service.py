@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING, Any
 from sanic import Sanic
 
 from bifrost.brokers.base import Broker
-from bifrost.connection import Subscriber
 from bifrost.metrics import MadeFolder
 from bifrost.rules.registry import ChannelRegistry
 from bifrost.rules.settings import Settings
 from bifrost.rules.tokens import TokenVerifier
+from bifrost.subscribers import Connected
 
 if TYPE_CHECKING:
     from bifrost.blueprints.subscribe import Subscriptions
@@ -27,7 +27,7 @@ class Service:
     """The settings, sockets, broker and token rules of this worker."""
 
     settings: Settings
-    registry: ChannelRegistry[Subscriber]
+    registry: ChannelRegistry[Connected]
     broker: Broker
     verifier: TokenVerifier
     # Set when the server begins to stop: new broadcasts are refused, the reaper ends.

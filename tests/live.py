@@ -129,7 +129,7 @@ class BifrostServer:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited at start-up:\n{self.log()}")
             try:
-                httpx.get(f"{self.url}/info.json", timeout=0.5)
+                httpx.get(f"{self.url}/healthz", timeout=0.5)
             except httpx.TransportError:
                 time.sleep(0.05)
                 continue

@@ -60,9 +60,9 @@ def test_foreign_origin_is_refused_403_and_logged_escaped():
 
 def test_stopping_process_refuses_503():
     """A process shutting down answers 503, counted as `stopping`, so that the client goes to
-    a live instance."""
+    a live instance (an event stream hears it as a 200 that says when to try again)."""
     assert admission(stopping=True) == Refusal(
-        503, "Shutting down, try another instance", metric_reason="stopping"
+        503, "Shutting down, try another instance", metric_reason="stopping", try_elsewhere=True
     )
 
 
@@ -76,6 +76,7 @@ def test_full_process_refuses_503_and_closes_the_connection():
         log="refused handshake: 10 connections open",
         log_level=logging.WARNING,
         close_connection=True,
+        try_elsewhere=True,
     )
 
 

@@ -9,7 +9,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -139,18 +139,23 @@ pre {{ background: #eef; padding: 1rem; }}
 """
 
 
+# A page's content type and body, or what makes them afresh for each request.
+Route = tuple[str, bytes] | Callable[[], tuple[str, bytes]]
+
+
 class ApplicationServer:
-    """An application's web server on loopback: fixed pages by path, in a thread.
+    """An application's web server on loopback: pages by path, in a thread.
 
     It serves the page holding the README's snippet and the token endpoint the snippet
     fetches, from a real address: Chromium lets pages of loopback origins open sockets to
     loopback servers such as the Bifröst under test.
     """
 
-    def __init__(self, routes: dict[str, tuple[str, bytes]]) -> None:
+    def __init__(self, routes: dict[str, Route]) -> None:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                kind, body = routes.get(self.path, ("text/plain", b"not found"))
+                route = routes.get(self.path, ("text/plain", b"not found"))
+                kind, body = route() if callable(route) else route
                 self.send_response(200 if self.path in routes else 404)
                 self.send_header("content-type", kind)
                 self.send_header("content-length", str(len(body)))

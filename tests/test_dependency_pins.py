@@ -124,6 +124,17 @@ def test_sanic_handler_marked_as_websocket_returns_nothing():
     assert inspect.getsource(Sanic.handle_request).count('hasattr(handler, "is_websocket")') == 2
 
 
+def test_sanic_expects_no_answer_once_the_request_is_marked_upgraded():
+    """An event stream's handler writes its own head and returns None, its request marked as
+    upgraded (`bifrost.handshake`): Sanic then writes no "no response" error after it; and
+    its access line quotes the URL, which `bifrost.logs` redacts."""
+    assert "upgrade_websocket" in _slots(Http)
+    assert "self.stage is Stage.HANDLER and not self.upgrade_websocket" in inspect.getsource(
+        Http.http1
+    )
+    assert 'extra["request"] = f"{req.method} {req.url}"' in inspect.getsource(Http.log_response)
+
+
 def test_sanic_worker_manager_handles_stop_signals():
     """`bifrost.signals` hands HUP and QUIT to the worker manager's handler of INT and TERM,
     a signal handler taking `(signal, frame)`."""

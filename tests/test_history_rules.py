@@ -5,7 +5,13 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from bifrost.rules.history import ChannelSnapshot, Entry, plan_recovery
+from bifrost.rules.history import (
+    ChannelSnapshot,
+    Entry,
+    plan_recovery,
+    positioned_json,
+    positioned_message,
+)
 from bifrost.rules.positions import Position, since_problem
 from bifrost.rules.protocol import text_frame
 
@@ -16,13 +22,12 @@ def message(number: int, **offsets: int) -> Entry:
     return Entry(orjson.dumps({"event": "m", "data": number}), positions)
 
 
-def sent(frames: list[bytes]) -> list[tuple[int, dict[str, int]]]:
-    """Each frame's message number and the offsets it names."""
-    out = []
-    for frame in frames:
-        body = orjson.loads(frame[2:] if frame[1] < 126 else frame[4:])
-        out.append((body["data"], {c: p["offset"] for c, p in body["positions"].items()}))
-    return out
+def sent(messages: list[Entry]) -> list[tuple[int, dict[str, int]]]:
+    """Each message's number and the offsets its frame names."""
+    return [
+        (orjson.loads(entry.payload)["data"], {c: p.offset for c, p in entry.positions})
+        for entry in messages
+    ]
 
 
 def test_a_complete_stream_is_recovered_from_the_position():
@@ -32,7 +37,7 @@ def test_a_complete_stream_is_recovered_from_the_position():
     )
     assert recovery.recovered == {"a": True}
     assert recovery.starts == {"a": Position("e", 2)}
-    assert sent(recovery.frames([], {"a"})) == [(3, {"a": 3}), (4, {"a": 4}), (5, {"a": 5})]
+    assert sent(recovery.messages([], {"a"})) == [(3, {"a": 3}), (4, {"a": 4}), (5, {"a": 5})]
 
 
 @pytest.mark.parametrize(
@@ -47,7 +52,7 @@ def test_an_incomplete_recovery_sends_nothing_old(since, snapshot):
     recovery = plan_recovery(["a"], {"a": since}, {"a": snapshot}, 10, 10**6)
     assert recovery.recovered == {"a": False}
     assert recovery.starts == {"a": Position("e", 3)}
-    assert recovery.frames([], {"a"}) == []
+    assert recovery.messages([], {"a"}) == []
 
 
 def test_a_message_of_two_channels_goes_once_in_both_orders():
@@ -58,7 +63,7 @@ def test_a_message_of_two_channels_goes_once_in_both_orders():
     }
     since = {"a": Position("e", 0), "b": Position("e", 0)}
     recovery = plan_recovery(["a", "b"], since, snapshots, 10, 10**6)
-    order = [n for n, _ in sent(recovery.frames([], {"a", "b"}))]
+    order = [n for n, _ in sent(recovery.messages([], {"a", "b"}))]
     assert sorted(order) == [1, 2, 3, 4]
     assert order.index(1) < order.index(2) < order.index(3)
     assert order.index(2) < order.index(4)
@@ -75,7 +80,7 @@ def test_a_channel_further_on_than_another_names_no_older_position():
     since = {"a": Position("e", 0), "b": Position("e", 5)}
     recovery = plan_recovery(["a", "b"], since, snapshots, 10, 10**6)
     assert recovery.recovered == {"a": True, "b": True}
-    assert sent(recovery.frames([], {"a", "b"})) == [(1, {"a": 1}), (2, {"a": 2})]
+    assert sent(recovery.messages([], {"a", "b"})) == [(1, {"a": 1}), (2, {"a": 2})]
 
 
 def test_held_messages_follow_and_go_once():
@@ -88,7 +93,7 @@ def test_held_messages_follow_and_go_once():
     }
     recovery = plan_recovery(["a", "n"], {"a": Position("e", 1)}, snapshots, 10, 10**6)
     held = [in_both, message(9, n=4), message(10, a=4), message(11, n=5)]
-    assert sent(recovery.frames(held, {"a", "n"})) == [
+    assert sent(recovery.messages(held, {"a", "n"})) == [
         (2, {"a": 2}),
         (3, {"a": 3}),
         (10, {"a": 4}),
@@ -113,13 +118,18 @@ def test_the_budget_bounds_one_authenticate():
     }
 
 
-def test_frames_are_text_frames_of_the_message_and_its_positions():
+def test_a_positioned_message_is_its_json_and_its_positions():
+    """The message's keys as sent, then `positions`, without decoding the message again."""
     recovery = plan_recovery(
         ["a"], {"a": Position("e", 0)}, {"a": ChannelSnapshot("e", 1, [message(1, a=1)])}, 10, 10**6
     )
-    assert recovery.frames([], {"a"}) == [
-        text_frame(b'{"event":"m","data":1,"positions":{"a":{"epoch":"e","offset":1}}}')
-    ]
+    [entry] = recovery.messages([], {"a"})
+    assert positioned_json(entry.payload, entry.positions) == (
+        b'{"event":"m","data":1,"positions":{"a":{"epoch":"e","offset":1}}}'
+    )
+    assert positioned_message(entry.payload, entry.positions) == text_frame(
+        positioned_json(entry.payload, entry.positions)
+    )
 
 
 @pytest.mark.parametrize(
@@ -158,7 +168,7 @@ def test_a_message_held_through_another_channel_goes_out_in_its_place():
     since = {"c0": Position("e", 0), "c2": Position("e", 0)}
     recovery = plan_recovery(["c0", "c2"], since, snapshots, 10, 10**6)
     assert recovery.recovered == {"c0": True, "c2": True}
-    assert sent(recovery.frames([first, third], {"c0", "c2"})) == [
+    assert sent(recovery.messages([first, third], {"c0", "c2"})) == [
         (0, {"c2": 1}),
         (2, {"c2": 2}),
         (1, {"c2": 3}),
@@ -174,7 +184,7 @@ def test_messages_of_a_channel_heard_already_keep_their_order():
     snapshots = {"b": ChannelSnapshot("e", 3, [missed, both, held_b])}
     recovery = plan_recovery(["b"], {"b": Position("e", 0)}, snapshots, 10, 10**6)
     held = [message(1, a=5), both, held_b, message(4, a=7)]
-    out = sent(recovery.frames(held, {"a", "b"}))
+    out = sent(recovery.messages(held, {"a", "b"}))
     assert sorted(n for n, _ in out) == [0, 1, 2, 3, 4]
     assert [offsets["a"] for _, offsets in out if "a" in offsets] == [5, 6, 7]
     assert [offsets["b"] for _, offsets in out if "b" in offsets] == [1, 2, 3]
@@ -188,4 +198,4 @@ def test_a_held_message_the_client_had_already_is_not_sent_again():
         ["c"], {"c": Position("e", 2)}, {"c": ChannelSnapshot("e", 3, [message(1, c=3)])}, 10, 10**6
     )
     held = [message(0, c=2), message(1, c=3), message(2, c=4)]
-    assert sent(recovery.frames(held, {"c"})) == [(1, {"c": 3}), (2, {"c": 4})]
+    assert sent(recovery.messages(held, {"c"})) == [(1, {"c": 3}), (2, {"c": 4})]

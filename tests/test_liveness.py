@@ -39,6 +39,17 @@ def test_pong_keeps_socket_alive():
     assert verdict(state, 61.0) == SEND_PING
 
 
+def test_a_client_that_never_speaks_gets_a_ping_every_interval_and_is_never_idle():
+    """An event stream's client says nothing after its request: it is pinged (a comment line)
+    every ping interval from its start, and never closed for silence or authentication."""
+    state = Liveness(connected_at=0, last_heard=0, authenticated=True, speaks=False)
+    assert verdict(state, 29.9) is None
+    assert verdict(state, 30.0) == SEND_PING
+    state.last_pinged = 30.0
+    assert verdict(state, 59.9) is None
+    assert verdict(state, 3600.0) == SEND_PING
+
+
 def test_frame_budget_allows_rate_and_refills():
     """A bucket allows `rate` frames at once, then refills at `rate` per second."""
     budget = FrameBudget(5, now=0.0)

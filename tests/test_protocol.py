@@ -21,7 +21,7 @@ from bifrost.rules.protocol import (
     channel_total_refusal,
     error_reply,
     interpret_frame,
-    subscribed_reply,
+    subscribed_json,
     text_frame,
 )
 
@@ -140,8 +140,7 @@ def test_rate_limit_is_judged_before_the_frame_means_anything():
 def test_replies_are_exact():
     """Replies have the original's exact shape: data is a JSON-encoded string."""
     assert (
-        payload(subscribed_reply("user:1"))
-        == b'{"event":"subscribed","data":"{\\"channel\\":\\"user:1\\"}"}'
+        subscribed_json("user:1") == b'{"event":"subscribed","data":"{\\"channel\\":\\"user:1\\"}"}'
     )
     assert payload(PONG) == b'{"event":"pong"}'
     reply = json.loads(payload(error_reply("bad")))

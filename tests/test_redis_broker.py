@@ -152,7 +152,14 @@ async def test_a_hash_that_is_no_heartbeat_leaves_stats_answering(
     async with httpx.AsyncClient(base_url=a.url) as http:
         answer = await http.get("/info.json")
     assert answer.status_code == 200
-    stats = {"deliveries": 0, "connected": 1, "channels": 1, "subscriptions": 1}
+    stats = {
+        "deliveries": 0,
+        "connected": 1,
+        "channels": 1,
+        "subscriptions": 1,
+        "websockets": 1,
+        "event_streams": 0,
+    }
     assert answer.json() == {"stats": stats}
     await ws.close()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from bifrost.rules.event_ids import UNKNOWN, Cursor, IdLayouts, since_from_id, start_cursor
 from bifrost.rules.history import Entry
 from bifrost.rules.positions import Position
 from bifrost.rules.protocol import text_frame
@@ -18,6 +19,7 @@ class FakeSocket:
     received: list[bytes] = field(default_factory=list)
     positioned: bool = False
     held: list[Entry] | None = None
+    cursor: Cursor | None = None
 
     def write(self, frame: bytes) -> None:
         self.received.append(frame)
@@ -171,3 +173,93 @@ def test_a_socket_positioned_later_keeps_its_channels():
         text_frame(b'{"event":"e","positions":{"a":{"epoch":"e","offset":1}}}')
     ]
     assert registry.disconnect(socket) == ["a"]
+
+
+def stream(layouts: IdLayouts, channels: list[str], since: dict[str, Position]) -> FakeSocket:
+    """An event stream of these channels, at these positions."""
+    return FakeSocket(cursor=start_cursor(layouts.layout(channels), since))
+
+
+def test_event_streams_share_one_event_and_leave_websockets_as_they_were():
+    """History off: every stream of a channel takes the same `data:` event, built once, and
+    the websockets beside them the same compat frame as ever; both count as connected."""
+    registry: ChannelRegistry[FakeSocket] = ChannelRegistry()
+    layouts = IdLayouts()
+    socket = FakeSocket()
+    streams = [stream(layouts, ["x", "y"], {}) for _ in range(3)]
+    for listener in (socket, *streams):
+        registry.connect(listener)
+        registry.subscribe(listener, ["x", "y"])
+    assert registry.deliver(["x"], b'{"event":"e"}') == 4
+    assert registry.deliver(["x", "y"], b'{"event":"f"}') == 4
+    assert socket.received == [text_frame(b'{"event":"e"}'), text_frame(b'{"event":"f"}')]
+    assert streams[0].received == [b'data: {"event":"e"}\n\n', b'data: {"event":"f"}\n\n']
+    assert all(s.received[0] is streams[0].received[0] for s in streams)
+    assert registry.figures() == Totals(
+        connected=4, deliveries=8, channels=2, subscriptions=8, event_streams=3
+    )
+    registry.disconnect(streams[0])
+    registry.disconnect(streams[0])
+    assert (registry.connected, registry.event_streams) == (3, 2)
+
+
+def test_positioned_streams_at_the_same_positions_share_one_event():
+    """Streams of one token at the same positions take one event object, whose id names the
+    message's position and every other position of the stream, and move on to one cursor;
+    a stream elsewhere gets an id of its own, and a positioned websocket its frame."""
+    registry: ChannelRegistry[FakeSocket] = ChannelRegistry()
+    layouts = IdLayouts()
+    start = {"a": Position("e", 3), "b": Position("f", 1)}
+    alike = [stream(layouts, ["a", "b"], start) for _ in range(3)]
+    behind = stream(layouts, ["a", "b"], {"a": Position("e", 3)})
+    socket = FakeSocket()
+    for listener in (*alike, behind, socket):
+        registry.connect(listener)
+        registry.subscribe(listener, ["a", "b"])
+        registry.position(listener)
+    message = (("a", Position("e", 4)),)
+    assert registry.deliver(["a"], b'{"event":"e"}', message) == 5
+    layout = alike[0].cursor.layout
+    data = b'{"event":"e","positions":{"a":{"epoch":"e","offset":4}}}'
+    expected_id = start_cursor(layout, {**start, "a": Position("e", 4)}).id
+    assert alike[0].received == [b"id: " + expected_id.encode() + b"\ndata: " + data + b"\n\n"]
+    assert all(s.received[0] is alike[0].received[0] for s in alike)
+    assert all(s.cursor is alike[0].cursor for s in alike)
+    assert since_from_id(behind.cursor.id, layout) == {"a": Position("e", 4), "b": UNKNOWN}
+    assert socket.received == [text_frame(data)]
+
+
+def test_a_stream_hearing_some_channels_of_a_message_names_its_own_positions():
+    """A message to several channels names, in the event and its id, the positions of the
+    channels the stream hears; streams hearing other sets get other events."""
+    registry: ChannelRegistry[FakeSocket] = ChannelRegistry()
+    layouts = IdLayouts()
+    both = stream(layouts, ["a", "b"], {})
+    only_b = stream(layouts, ["b"], {})
+    for listener, channels in ((both, ["a", "b"]), (only_b, ["b"])):
+        registry.connect(listener)
+        registry.subscribe(listener, channels)
+        registry.position(listener)
+    positions = (("a", Position("e", 1)), ("b", Position("f", 9)))
+    assert registry.deliver(["a", "b"], b'{"event":"e"}', positions) == 2
+    assert (
+        b'"positions":{"a":{"epoch":"e","offset":1},"b":{"epoch":"f","offset":9}}'
+        in (both.received[0])
+    )
+    assert b'"positions":{"b":{"epoch":"f","offset":9}}}' in only_b.received[0]
+    assert since_from_id(both.cursor.id, both.cursor.layout) == dict(positions)
+    assert since_from_id(only_b.cursor.id, only_b.cursor.layout) == {"b": Position("f", 9)}
+
+
+def test_a_recovering_stream_holds_its_messages():
+    registry: ChannelRegistry[FakeSocket] = ChannelRegistry()
+    recovering = stream(IdLayouts(), ["a"], {})
+    recovering.held = []
+    registry.connect(recovering)
+    registry.subscribe(recovering, ["a"])
+    registry.position(recovering)
+    before = recovering.cursor
+    positions = (("a", Position("e", 1)),)
+    assert registry.deliver(["a"], b'{"event":"e"}', positions) == 1
+    assert recovering.received == [] and recovering.cursor is before
+    assert recovering.held == [Entry(b'{"event":"e"}', positions)]

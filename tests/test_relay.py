@@ -120,9 +120,23 @@ def test_heartbeat_figures_sum_over_nodes():
     """`/info.json` is this node's figures plus every other node's heartbeat."""
     local = Totals(connected=2, deliveries=10, channels=1, subscriptions=3)
     other = {k.encode(): str(v).encode() for k, v in heartbeat(Totals(5, 7, 2, 6)).items()}
-    assert heartbeat(local) == {"connected": 2, "deliveries": 10, "channels": 1, "subscriptions": 3}
+    assert heartbeat(local) == {
+        "connected": 2,
+        "deliveries": 10,
+        "channels": 1,
+        "subscriptions": 3,
+        "event_streams": 0,
+    }
     assert cluster_totals(local, [other, other]) == Totals(12, 24, 5, 15)
     assert cluster_totals(local, []) == local
+
+
+def test_a_heartbeat_of_an_earlier_version_counts_no_event_streams():
+    """A node that predates event streams writes the four first figures only: its
+    connections count, as websockets."""
+    local = Totals(1, 1, 1, 1, event_streams=1)
+    earlier = {b"connected": b"5", b"deliveries": b"6", b"channels": b"2", b"subscriptions": b"7"}
+    assert cluster_totals(local, [earlier]) == Totals(6, 7, 3, 8, event_streams=1)
 
 
 def test_a_hash_that_is_not_a_heartbeat_counts_for_nothing():

@@ -152,6 +152,7 @@ class Socket:
     channels: set[str] = field(default_factory=set)
     positioned: bool = False
     held: list[Entry] | None = None
+    cursor: None = None
 
     def write(self, frame: bytes) -> None:
         pass

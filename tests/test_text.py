@@ -18,7 +18,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from bifrost.rules.text import MAX_REASON_LENGTH, is_utf8_text, printable
+from bifrost.rules.text import MAX_REASON_LENGTH, is_utf8_text, printable, without_query_tokens
 from tests.clients import authenticated, post_broadcast, receive_json
 from tests.live import SECRET, BifrostServer, broadcast_token, subscribe_token
 from tests.redis_server import RedisServer
@@ -76,6 +76,25 @@ def test_printable_escapes_what_would_break_a_line_and_bounds_length():
     assert len(printable("\n" * 1000)) == MAX_REASON_LENGTH
     assert printable("y" * MAX_REASON_LENGTH) == "y" * MAX_REASON_LENGTH
     assert is_utf8_text(printable(HALF_EMOJI))
+
+
+@pytest.mark.parametrize(
+    ("line", "shown"),
+    [
+        (
+            "GET http://h/subscribe?token=eyJ.a.b&since=x 401",
+            "GET http://h/subscribe?token=[redacted]&since=x 401",
+        ),
+        ("GET /subscribe?since=x&%74oken=eyJ.a.b", "GET /subscribe?since=x&%74oken=[redacted]"),
+        ("uri: 'http://h/s?token=t'", "uri: 'http://h/s?token=[redacted]'"),
+        ("GET /test?channel=room", "GET /test?channel=room"),
+        ("GET /subscribe?tokens=x&atoken=y", "GET /subscribe?tokens=x&atoken=y"),
+        ("what? no query", "what? no query"),
+    ],
+)
+def test_a_token_in_a_quoted_query_is_redacted(line: str, shown: str):
+    """The value of `token`, however its name is escaped, never reaches a log line."""
+    assert without_query_tokens(line) == shown
 
 
 def test_is_utf8_text_refuses_lone_surrogates_only():

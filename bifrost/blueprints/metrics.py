@@ -84,6 +84,7 @@ def _sample(service: Service) -> None:
     registry = service.registry
     metrics.sample(
         connected=registry.connected,
+        event_streams=registry.event_streams,
         channels=registry.channel_count,
         subscriptions=registry.subscription_count,
         broker_available=service.broker.unavailable_reason() is None,

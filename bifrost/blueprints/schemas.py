@@ -41,12 +41,15 @@ class ErrorAnswer:
 
 @dataclass
 class Stats:
-    """Totals since start over every process."""
+    """Totals since start over every process; `connected` is `websockets` plus
+    `event_streams`."""
 
     deliveries: int
     connected: int
     channels: int
     subscriptions: int
+    websockets: int
+    event_streams: int
 
 
 @dataclass

@@ -17,7 +17,8 @@ stats_bp = Blueprint("stats")
 @stats_bp.get("/info.json")
 @openapi.response(200, {"application/json": StatsAnswer}, "Totals over every process")
 async def info(request: Request) -> HTTPResponse:
-    """Deliveries since start and open connections, then the channel figures."""
+    """Deliveries since start and open connections, then the channel figures, then how many
+    of the connections are websockets and how many event streams."""
     totals = await service_of(request.app).broker.totals()
     return json(
         {
@@ -26,6 +27,8 @@ async def info(request: Request) -> HTTPResponse:
                 "connected": totals.connected,
                 "channels": totals.channels,
                 "subscriptions": totals.subscriptions,
+                "websockets": totals.connected - totals.event_streams,
+                "event_streams": totals.event_streams,
             }
         }
     )

@@ -1,33 +1,49 @@
-"""`GET /subscribe`: the websocket browsers hold open to hear their channels.
+"""`GET /subscribe`: the websocket (or event stream) browsers hold open to hear their channels.
 
-A thin shell: `bifrost.rules.admission` decides whether a handshake is let on, and
-`bifrost.rules.protocol` what each message asks; this module carries it out. The registry says
-which channels gain their first socket or lose their last, and the broker is told in that step.
+A thin shell: `bifrost.rules.admission` decides whether a handshake is let on,
+`bifrost.rules.protocol` what each message asks, and `bifrost.rules.event_stream` and
+`bifrost.rules.event_ids` what an event stream's request says; this module carries it out.
+Both transports then share one path: the same registry and fan-out, and the same recovery
+(hold, snapshot, `plan_recovery`, the recovered messages). The registry says which channels
+gain their first socket or lose their last, and the broker is told in that step.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Collection, Coroutine
 from time import monotonic
-from typing import Any
+from typing import Any, cast
 
 from sanic import Blueprint, Request, Sanic
-from sanic.response import HTTPResponse
+from sanic.response import HTTPResponse, json, raw
 from sanic_ext import openapi
 from websockets.server import ServerProtocol
 
 from bifrost import metrics
-from bifrost.bounded_http import open_connections
+from bifrost.bounded_http import close_after_answer, open_connections
 from bifrost.brokers.base import BrokerUnavailable
 from bifrost.connection import CLOSE_HANDSHAKE_TIMEOUT, Subscriber
-from bifrost.handshake import refuse, upgrade
-from bifrost.rules.admission import admission_refusal
+from bifrost.event_stream import EventStream
+from bifrost.handshake import hand_over, refuse, upgrade
+from bifrost.rules.admission import Refusal, admission_refusal, hand_over_refusal
+from bifrost.rules.event_ids import IdLayouts, since_from_id, start_cursor
+from bifrost.rules.event_stream import (
+    RETRY_MS,
+    answer_headers,
+    come_back_later,
+    cors_headers,
+    response_head,
+    stream_token,
+    wants_event_stream,
+)
 from bifrost.rules.history import (
     plan_recovery,
-    positioned_subscribed_reply,
-    unpositioned_subscribed_reply,
+    positioned_json,
+    positioned_subscribed_json,
+    unpositioned_subscribed_json,
 )
 from bifrost.rules.positions import Position
 from bifrost.rules.protocol import (
@@ -42,10 +58,11 @@ from bifrost.rules.protocol import (
     channel_total_refusal,
     error_reply,
     interpret_frame,
-    subscribed_reply,
+    subscribed_json,
 )
 from bifrost.rules.tokens import TokenRejected
 from bifrost.service import Service, context_of, service_of
+from bifrost.subscribers import Connected
 
 __all__ = ["subscribe_bp"]
 
@@ -79,7 +96,10 @@ async def close_subscriptions(app: Sanic[Any, Any]) -> None:
     registry = service_of(app).registry
     subscribers = registry.listeners()
     if subscribers:
-        logger.info("stopping: closing %d sockets with 1012 (service restart)", len(subscribers))
+        logger.info(
+            "stopping: closing %d subscribers (websockets with 1012, event streams ended)",
+            len(subscribers),
+        )
     for subscriber in subscribers:
         subscriber.close(SERVICE_RESTART)
     try:
@@ -108,16 +128,24 @@ async def admit_handshake(request: Request) -> HTTPResponse | None:
         open_connections=open_connections(request),
         max_connections=settings.max_connections,
     )
-    return None if refusal is None else refuse(request, refusal)
+    if refusal is None:
+        return None
+    if _wants_event_stream(request):
+        return _refuse_stream(request, refusal)
+    return refuse(request, refusal)
 
 
 @subscribe_bp.get("/subscribe")
 @openapi.exclude()
 async def subscribe(request: Request) -> HTTPResponse | None:
-    """Upgrade to a websocket served by a `Subscriber`, or answer why not.
+    """Upgrade to a websocket served by a `Subscriber`, or, asked for `text/event-stream`,
+    serve an `EventStream`; or answer why not.
 
-    The websocket protocol is in the README, not in the OpenAPI description.
+    The websocket protocol and the event stream are in the README, not in the OpenAPI
+    description.
     """
+    if _wants_event_stream(request):
+        return _open_stream(request)
     max_frame_bytes = service_of(request.app).settings.max_frame_bytes
     return upgrade(request, _subscriptions_of(request.app).accept, max_frame_bytes)
 
@@ -125,6 +153,68 @@ async def subscribe(request: Request) -> HTTPResponse | None:
 # Sanic's mark for a handler that answers by upgrading the connection, not with a response;
 # an attribute set on a function, which the type checker cannot know of.
 subscribe.is_websocket = True  # type: ignore[attr-defined]
+
+
+def _wants_event_stream(request: Request) -> bool:
+    return wants_event_stream(request.headers.get("accept"), request.headers.get("upgrade"))
+
+
+def _open_stream(request: Request) -> HTTPResponse | None:
+    """Verify the token, then answer the 200 and serve the stream from where its
+    `Last-Event-ID` (or else `?since=`) says it stopped; a missing or bad token gets 401
+    before any stream starts."""
+    service = service_of(request.app)
+    settings = service.settings
+    cors = cors_headers(request.headers.get("origin"), settings.allowed_origins)
+    refusal = hand_over_refusal(
+        content_length=request.headers.get("content-length"),
+        transfer_encoding="transfer-encoding" in request.headers,
+        unsent_bytes=cast(asyncio.Transport, request.transport).get_write_buffer_size(),
+        request="An event stream",
+    )
+    if refusal is not None:
+        return refuse(request, refusal)
+    token = stream_token(request.args.get("token"), request.headers.get("authorization"))
+    try:
+        channels = service.verifier.subscribe_channels(token)
+    except TokenRejected as rejection:
+        logger.info("authentication failed for %s: %s", request.ip, rejection)
+        metrics.authentication_failed("subscribe", rejection.kind)
+        return json({"error": NOT_AUTHORIZED.reason}, status=401, headers=cors)
+    subscriptions = _subscriptions_of(request.app)
+    layout = subscriptions.layouts.layout(channels)
+    last_id = request.headers.get("last-event-id") or request.args.get("since")
+    since = since_from_id(last_id, layout) if last_id else {}
+    # With history off nothing can be resumed: the id names every channel, at no position.
+    cursor = start_cursor(layout, since if settings.history_size else {})
+    head = response_head(cors, random.randint(*RETRY_MS))
+    stream = hand_over(
+        request,
+        head,
+        lambda transport: EventStream(
+            transport,
+            subscriptions,
+            cursor=cursor,
+            max_pending_bytes=settings.max_pending_bytes,
+            now=monotonic(),
+        ),
+    )
+    subscriptions.open_stream(stream, channels, since)
+    return None
+
+
+def _refuse_stream(request: Request, refusal: Refusal) -> HTTPResponse:
+    """Perform a refusal of a stream request: a process that is full or stopping answers 200
+    with a `retry:` and ends the stream at once, since EventSource gives up for good on any
+    other status; other refusals (a foreign origin) are answered as a websocket's."""
+    if not refusal.try_elsewhere:
+        return refuse(request, refusal)
+    close_after_answer(request)
+    settings = service_of(request.app).settings
+    headers = answer_headers(cors_headers(request.headers.get("origin"), settings.allowed_origins))
+    body = come_back_later(refusal.reason, random.randint(*RETRY_MS))
+    answer = raw(body, headers=headers, content_type=headers["content-type"])
+    return refuse(request, refusal, answer)
 
 
 def _subscriptions_of(app: Sanic[Any, Any]) -> Subscriptions:
@@ -142,6 +232,8 @@ class Subscriptions:
         self._service = service
         # Strong references to the waits on the broker in flight, which the loop holds weakly.
         self._in_flight: set[asyncio.Task[None]] = set()
+        # The event streams' id layouts, one per list of channels in use.
+        self.layouts = IdLayouts()
 
     def accept(self, transport: asyncio.Transport, ws: ServerProtocol) -> Subscriber:
         """A new socket, counted from now on."""
@@ -157,6 +249,14 @@ class Subscriptions:
         self._service.registry.connect(subscriber)
         return subscriber
 
+    def open_stream(
+        self, stream: EventStream, channels: list[str], since: dict[str, Position]
+    ) -> None:
+        """A new event stream, counted from now on, subscribed as a positioned websocket that
+        sent this `since` would be: an event stream is always positioned."""
+        self._service.registry.connect(stream)
+        self._subscribe(stream, channels, since)
+
     def message_received(self, subscriber: Subscriber, message: str) -> None:
         """Carry out what one message asks."""
         match interpret_frame(message):
@@ -169,11 +269,11 @@ class Subscriptions:
             case Ignore():
                 pass
 
-    def closing(self, subscriber: Subscriber) -> None:
+    def closing(self, subscriber: Connected) -> None:
         """Take the socket out of its channels; it counts as connected until it is gone."""
         self._left(self._service.registry.withdraw(subscriber))
 
-    def disconnected(self, subscriber: Subscriber) -> None:
+    def disconnected(self, subscriber: Connected) -> None:
         """Forget the socket."""
         self._left(self._service.registry.disconnect(subscriber))
 
@@ -205,6 +305,13 @@ class Subscriptions:
             logger.info("authenticate refused for %s: %s", subscriber.peer, refusal.reason)
             subscriber.send(error_reply(refusal.reason))
             return
+        self._subscribe(subscriber, channels, since)
+
+    def _subscribe(
+        self, subscriber: Connected, channels: list[str], since: dict[str, Position] | None
+    ) -> None:
+        """Subscribe to the channels of a verified token, and recover what `since` asks."""
+        service = self._service
         # The token is good: the wait for the broker is bounded by the broker, and is no
         # failure of the client to authenticate.
         subscriber.liveness.authenticated = True
@@ -224,7 +331,7 @@ class Subscriptions:
         self._run(self._confirm_once_subscribed(subscriber, channels, unrecovered))
 
     async def _confirm_once_subscribed(
-        self, subscriber: Subscriber, channels: list[str], unrecovered: Collection[str]
+        self, subscriber: Connected, channels: list[str], unrecovered: Collection[str]
     ) -> None:
         """Say `subscribed` only once the broker carries every channel's broadcasts here, or
         tell the client to come back when it cannot say so in time."""
@@ -236,7 +343,7 @@ class Subscriptions:
         _confirm(subscriber, channels, unrecovered)
 
     def _recover(
-        self, subscriber: Subscriber, channels: list[str], since: dict[str, Position]
+        self, subscriber: Connected, channels: list[str], since: dict[str, Position]
     ) -> None:
         """Subscribe a positioned socket to its new channels live, holding what they bring,
         then tell it where each continues and send what it missed before releasing them."""
@@ -249,7 +356,7 @@ class Subscriptions:
 
     async def _release_once_recovered(
         self,
-        subscriber: Subscriber,
+        subscriber: Connected,
         channels: list[str],
         new: list[str],
         since: dict[str, Position],
@@ -272,14 +379,15 @@ class Subscriptions:
         for channel in channels:
             start = recovery.starts.get(channel)
             if start is None:  # heard already: its messages simply go on
-                subscriber.send(subscribed_reply(channel))
+                subscriber.send_json(subscribed_json(channel))
             else:
                 recovered = recovery.recovered.get(channel)
-                subscriber.send(positioned_subscribed_reply(channel, start, recovered))
-        for frame in recovery.frames(held, subscriber.channels):
-            subscriber.send(frame)
+                reply = positioned_subscribed_json(channel, start, recovered)
+                subscriber.send_json(reply, ((channel, start),))
+        for entry in recovery.messages(held, subscriber.channels):
+            subscriber.send_json(positioned_json(entry.payload, entry.positions), entry.positions)
 
-    def _unavailable(self, subscriber: Subscriber, error: BrokerUnavailable) -> None:
+    def _unavailable(self, subscriber: Connected, error: BrokerUnavailable) -> None:
         """The broker cannot say the socket hears its channels: it must come back later."""
         if not subscriber.closed:
             logger.warning("closing socket of %s: %s", subscriber.peer, error)
@@ -300,11 +408,11 @@ class Subscriptions:
         await asyncio.gather(*self._in_flight, return_exceptions=True)
 
 
-def _confirm(subscriber: Subscriber, channels: list[str], unrecovered: Collection[str]) -> None:
+def _confirm(subscriber: Connected, channels: list[str], unrecovered: Collection[str]) -> None:
     """`subscribed` for each channel; with history off, one that `since` named is not
     recovered, there being nothing to resume from."""
     for channel in channels:
         if channel in unrecovered:
-            subscriber.send(unpositioned_subscribed_reply(channel))
+            subscriber.send_json(unpositioned_subscribed_json(channel))
         else:
-            subscriber.send(subscribed_reply(channel))
+            subscriber.send_json(subscribed_json(channel))

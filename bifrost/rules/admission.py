@@ -65,6 +65,9 @@ class Refusal:
     # Close the connection once answered rather than keep it alive, where it would go on
     # counting as open.
     close_connection: bool = False
+    # The process cannot serve the subscriber now, but another (or this one later) can: an
+    # event stream hears it as a 200 that says when to come back (`come_back_later`).
+    try_elsewhere: bool = False
 
 
 def admission_refusal(
@@ -86,7 +89,9 @@ def admission_refusal(
         )
     if stopping:
         # Its sockets are being closed with 1012: the client must go to a live instance.
-        return Refusal(503, "Shutting down, try another instance", metric_reason="stopping")
+        return Refusal(
+            503, "Shutting down, try another instance", metric_reason="stopping", try_elsewhere=True
+        )
     if open_connections > max_connections:
         return Refusal(
             503,
@@ -95,6 +100,7 @@ def admission_refusal(
             log=f"refused handshake: {max_connections} connections open",
             log_level=logging.WARNING,
             close_connection=True,
+            try_elsewhere=True,
         )
     return None
 
@@ -106,18 +112,23 @@ def closed_unanswered(open_connections: int, max_connections: int) -> bool:
 
 
 def hand_over_refusal(
-    *, content_length: str | None, transfer_encoding: bool, unsent_bytes: int
+    *,
+    content_length: str | None,
+    transfer_encoding: bool,
+    unsent_bytes: int,
+    request: str = "A websocket upgrade",
 ) -> Refusal | None:
-    """Why the request's connection cannot be handed over to a websocket, or None.
+    """Why the request's connection cannot be handed over to a websocket (or an event stream,
+    `request` naming it), or None.
 
     A body would be read as frames, or Sanic would try to read it after the hand-over. Unsent
     earlier answers mean a client that pipelined requests and never read them: taken over, the
     socket would start with Sanic's writing paused, and its slow-consumer bound never fire.
     """
     if (content_length or "0") != "0" or transfer_encoding:
-        return Refusal(400, "A websocket upgrade request has no body")
+        return Refusal(400, f"{request} request has no body")
     if unsent_bytes:
-        return Refusal(400, "A websocket upgrade must not follow unread answers")
+        return Refusal(400, f"{request} must not follow unread answers")
     return None
 
 

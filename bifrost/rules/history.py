@@ -25,10 +25,11 @@ __all__ = [
     "Entry",
     "Recovery",
     "plan_recovery",
+    "positioned_json",
     "positioned_message",
-    "positioned_subscribed_reply",
+    "positioned_subscribed_json",
     "positions_json",
-    "unpositioned_subscribed_reply",
+    "unpositioned_subscribed_json",
 ]
 
 
@@ -63,9 +64,10 @@ class Recovery:
     recovered: dict[str, bool]
     kept: dict[str, Sequence[Entry]]
 
-    def frames(self, held: Sequence[Entry], channels: Collection[str]) -> list[bytes]:
-        """The message frames that follow the `subscribed` frames, given the live messages
-        held back meanwhile and every channel the socket now hears.
+    def messages(self, held: Sequence[Entry], channels: Collection[str]) -> list[Entry]:
+        """The messages that follow the `subscribed` frames, given the live messages held back
+        meanwhile and every channel the socket now hears; each with the positions its frame
+        names.
 
         The held messages are those this process handed the socket since it began to hear the
         new channels, in the order they were published, but not every one of a new channel:
@@ -87,7 +89,7 @@ class Recovery:
                 ):
                     lines.setdefault(channel, []).append(entry)
         return [
-            positioned_message(entry.payload, [(c, p) for c, p in entry.positions if c in own])
+            Entry(entry.payload, tuple((c, p) for c, p in entry.positions if c in own))
             for entry, own in _merge(lines)
         ]
 
@@ -188,17 +190,22 @@ def positions_json(positions: Iterable[tuple[str, Position]]) -> bytes:
     )
 
 
-def positioned_message(payload: bytes, positions: Iterable[tuple[str, Position]]) -> bytes:
-    """The frame of a message for positioned sockets: its keys as sent, then `positions`.
+def positioned_json(payload: bytes, positions: Iterable[tuple[str, Position]]) -> bytes:
+    """A message's JSON for positioned sockets: its keys as sent, then `positions`.
 
     The message's JSON is an object (`{...}`): its closing brace makes room for one more key,
     so that the message is never decoded and encoded again.
     """
-    return text_frame(payload[:-1] + b',"positions":' + positions_json(positions) + b"}")
+    return payload[:-1] + b',"positions":' + positions_json(positions) + b"}"
 
 
-def positioned_subscribed_reply(channel: str, position: Position, recovered: bool | None) -> bytes:
-    """The `subscribed` frame of a positioned socket, history on."""
+def positioned_message(payload: bytes, positions: Iterable[tuple[str, Position]]) -> bytes:
+    """The websocket frame of a message for positioned sockets."""
+    return text_frame(positioned_json(payload, positions))
+
+
+def positioned_subscribed_json(channel: str, position: Position, recovered: bool | None) -> bytes:
+    """The `subscribed` frame's JSON for a positioned socket, history on."""
     frame: dict[str, object] = {
         "event": "subscribed",
         "data": orjson.dumps({"channel": channel}).decode(),
@@ -206,15 +213,15 @@ def positioned_subscribed_reply(channel: str, position: Position, recovered: boo
     }
     if recovered is not None:
         frame["recovered"] = recovered
-    return text_frame(orjson.dumps(frame))
+    return orjson.dumps(frame)
 
 
-def unpositioned_subscribed_reply(channel: str) -> bytes:
-    """The `subscribed` frame of a channel `since` named while history is off: nothing to
-    resume from, so it is not recovered, and no position is given."""
+def unpositioned_subscribed_json(channel: str) -> bytes:
+    """The `subscribed` frame's JSON for a channel `since` named while history is off: nothing
+    to resume from, so it is not recovered, and no position is given."""
     frame = {
         "event": "subscribed",
         "data": orjson.dumps({"channel": channel}).decode(),
         "recovered": False,
     }
-    return text_frame(orjson.dumps(frame))
+    return orjson.dumps(frame)

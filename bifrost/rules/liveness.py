@@ -22,6 +22,8 @@ class Liveness:
     last_heard: float
     last_pinged: float | None = None
     authenticated: bool = False
+    # False for an event stream, whose client never says anything after its request.
+    speaks: bool = True
 
     def heard(self, now: float) -> None:
         """Any frame from the client, or a pong to our ping, proves the peer is there."""
@@ -44,7 +46,15 @@ def liveness_verdict(
     ping_interval: float,
     idle_timeout: float,
 ) -> Close | SendPing | None:
-    """Close a socket that never authenticated or went silent; ping one that is getting quiet."""
+    """Close a socket that never authenticated or went silent; ping one that is getting quiet.
+
+    A client that never speaks (an event stream's) cannot be silent: it gets a ping (a comment
+    line) every `ping_interval` and is never cut for idleness; a peer that is gone shows as a
+    failing write instead.
+    """
+    if not state.speaks:
+        last = state.connected_at if state.last_pinged is None else state.last_pinged
+        return SEND_PING if now - last >= ping_interval else None
     if not state.authenticated and now - state.connected_at >= auth_timeout:
         return AUTHENTICATION_TIMEOUT
     silent_for = now - state.last_heard

@@ -39,7 +39,7 @@ __all__ = [
     "channel_total_refusal",
     "error_reply",
     "interpret_frame",
-    "subscribed_reply",
+    "subscribed_json",
     "text_frame",
 ]
 
@@ -191,10 +191,11 @@ def text_frame(payload: bytes) -> bytes:
 PONG = text_frame(b'{"event":"pong"}')
 
 
-def subscribed_reply(channel: str) -> bytes:
-    """The `subscribed` frame, whose data is a JSON-encoded string as the original sent it."""
+def subscribed_json(channel: str) -> bytes:
+    """The `subscribed` frame's JSON, whose data is a JSON-encoded string as the original
+    sent it."""
     data = orjson.dumps({"channel": channel}).decode()
-    return text_frame(orjson.dumps({"event": "subscribed", "data": data}))
+    return orjson.dumps({"event": "subscribed", "data": data})
 
 
 def error_reply(reason: str) -> bytes:

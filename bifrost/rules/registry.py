@@ -11,11 +11,19 @@ transports' `write`, and a socket that starts closing leaves its channels at onc
 the loop checks nothing per socket: every socket still in a channel is open and takes the
 frame.
 
-A positioned socket (one that sent `since`, history on) takes frames that also carry the
-message's positions in its own channels. Those sockets are kept apart, so that a broadcast to
-channels without any costs nothing more; for the others, the frame is built once for each set
-of the message's channels that its recipients hear, not once per socket. While a positioned
-socket recovers, the messages it is handed are held for it (`held`) rather than written.
+A listener is a websocket or an event stream (`cursor` set), and the two are kept apart, so
+that a broadcast to channels without any event stream costs the websockets nothing more; an
+event stream of a process without history takes the message as one event, built once for
+all of them like the frame.
+
+A positioned listener (a websocket that sent `since`, or any event stream, history on) takes
+the message with its positions in the listener's own channels. Those listeners are kept apart
+too, so that a broadcast to channels without any costs nothing more; for the others, the JSON
+with positions is built once for each set of the message's channels that its recipients hear,
+framed once per set for websockets, and made into an event once per set and stream position
+for event streams, whose `id:` names every position of the stream: streams at the same
+positions share one encoding. While a positioned listener recovers, the messages it is handed
+are held for it (`held`) rather than written.
 """
 
 from __future__ import annotations
@@ -24,8 +32,10 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
-from bifrost.rules.history import Entry, positioned_message
-from bifrost.rules.positions import MessagePositions
+from bifrost.rules.event_ids import Cursor, IdLayout
+from bifrost.rules.event_stream import event, id_event
+from bifrost.rules.history import Entry, positioned_json
+from bifrost.rules.positions import MessagePositions, Position
 from bifrost.rules.protocol import text_frame
 
 __all__ = ["ChannelRegistry", "Listener", "Totals"]
@@ -34,12 +44,14 @@ __all__ = ["ChannelRegistry", "Listener", "Totals"]
 @dataclass(frozen=True, slots=True)
 class Totals:
     """Connections, deliveries, channels and subscriptions: of one process, or summed over
-    every process a broker reaches (what `/info.json` answers)."""
+    every process a broker reaches (what `/info.json` answers). `connected` counts websockets
+    and event streams alike; `event_streams` says how many of them are event streams."""
 
     connected: int
     deliveries: int
     channels: int
     subscriptions: int
+    event_streams: int = 0
 
 
 class Listener(Protocol):
@@ -53,6 +65,9 @@ class Listener(Protocol):
     positioned: bool
     # While it recovers, the positioned messages handed to it meanwhile, else None.
     held: list[Entry] | None
+    # An event stream's positions and id, which its positioned events move on; None for a
+    # websocket.
+    cursor: Cursor | None
 
 
 L = TypeVar("L", bound=Listener)
@@ -63,27 +78,38 @@ class ChannelRegistry(Generic[L]):
 
     def __init__(self) -> None:
         self._listeners: set[L] = set()
+        # Per channel, its listeners and their writes: websockets, event streams, and the
+        # positioned listeners of either kind.
         self._channels: dict[str, dict[L, Callable[[bytes], object]]] = {}
-        self._positioned: dict[str, dict[L, None]] = {}
+        self._streams: dict[str, dict[L, Callable[[bytes], object]]] = {}
+        self._positioned: dict[str, dict[L, Callable[[bytes], object]]] = {}
+        self._event_streams = 0
         self.deliveries = 0
 
     @property
     def connected(self) -> int:
-        """Open websocket connections in this process."""
+        """Open connections in this process, websockets and event streams."""
         return len(self._listeners)
+
+    @property
+    def event_streams(self) -> int:
+        """Open event streams in this process."""
+        return self._event_streams
 
     @property
     def channel_count(self) -> int:
         """Channels with at least one local subscriber."""
-        if not self._positioned:
+        if not self._positioned and not self._streams:
             return len(self._channels)
-        return len(self._channels.keys() | self._positioned.keys())
+        return len(self._channels.keys() | self._streams.keys() | self._positioned.keys())
 
     @property
     def subscription_count(self) -> int:
-        """Socket-channel pairs."""
-        return sum(len(listeners) for listeners in self._channels.values()) + sum(
-            len(listeners) for listeners in self._positioned.values()
+        """Listener-channel pairs."""
+        return sum(
+            len(listeners)
+            for group in (self._channels, self._streams, self._positioned)
+            for listeners in group.values()
         )
 
     def figures(self) -> Totals:
@@ -93,6 +119,7 @@ class ChannelRegistry(Generic[L]):
             deliveries=self.deliveries,
             channels=self.channel_count,
             subscriptions=self.subscription_count,
+            event_streams=self._event_streams,
         )
 
     def listeners(self) -> list[L]:
@@ -101,6 +128,8 @@ class ChannelRegistry(Generic[L]):
 
     def connect(self, listener: L) -> None:
         """Count a new socket, before it has any channel."""
+        if listener not in self._listeners and listener.cursor is not None:
+            self._event_streams += 1
         self._listeners.add(listener)
 
     def subscribe(self, listener: L, channels: Iterable[str]) -> list[str]:
@@ -126,21 +155,24 @@ class ChannelRegistry(Generic[L]):
             self._join(listener, channel)
 
     def _occupied(self, channel: str) -> bool:
-        return channel in self._channels or channel in self._positioned
+        return channel in self._channels or channel in self._streams or channel in self._positioned
+
+    def _group(self, listener: L) -> dict[str, dict[L, Callable[[bytes], object]]]:
+        if listener.positioned:
+            return self._positioned
+        return self._channels if listener.cursor is None else self._streams
 
     def _join(self, listener: L, channel: str) -> None:
-        if listener.positioned:
-            self._positioned.setdefault(channel, {})[listener] = None
-        else:
-            self._channels.setdefault(channel, {})[listener] = listener.write
+        self._group(listener).setdefault(channel, {})[listener] = listener.write
 
     def _leave(self, listener: L, channel: str) -> None:
-        members = (self._positioned if listener.positioned else self._channels).get(channel)
+        group = self._group(listener)
+        members = group.get(channel)
         if members is None:
             return
         members.pop(listener, None)
         if not members:
-            del (self._positioned if listener.positioned else self._channels)[channel]
+            del group[channel]
 
     def withdraw(self, listener: L) -> list[str]:
         """Take a closing socket out of its channels, still counted as connected until it is
@@ -155,7 +187,10 @@ class ChannelRegistry(Generic[L]):
 
     def disconnect(self, listener: L) -> list[str]:
         """Forget a socket; return the channels it leaves without any local subscriber."""
-        self._listeners.discard(listener)
+        if listener in self._listeners:
+            self._listeners.discard(listener)
+            if listener.cursor is not None:
+                self._event_streams -= 1
         return self.withdraw(listener)
 
     def deliver(
@@ -180,41 +215,88 @@ class ChannelRegistry(Generic[L]):
         for write in writes:
             write(frame)
         delivered = len(writes)
+        if self._streams:
+            delivered += self._deliver_to_streams(channels, payload)
         if positions is not None and self._positioned:
             delivered += self._deliver_positioned(channels, payload, positions)
         self.deliveries += delivered
         return delivered
 
+    def _deliver_to_streams(self, channels: Sequence[str], payload: bytes) -> int:
+        """The event streams' share, history off: one event for all of them, with no `id:`,
+        since theirs never changes (every channel at a position not known)."""
+        if len(channels) == 1:
+            members = self._streams.get(channels[0])
+            writes = list(members.values()) if members else []
+        else:
+            merged: dict[L, Callable[[bytes], object]] = {}
+            for channel in channels:
+                merged.update(self._streams.get(channel, {}))
+            writes = list(merged.values())
+        if writes:
+            data = event(payload)
+            for write in writes:
+                write(data)
+        return len(writes)
+
     def _deliver_positioned(
         self, channels: Sequence[str], payload: bytes, positions: MessagePositions
     ) -> int:
-        """The positioned sockets' share: one frame for each set of the message's channels
-        its recipients hear, since each names the positions of its own channels only."""
+        """The positioned sockets' share: the JSON with positions once for each set of the
+        message's channels its recipients hear, since each names the positions of its own
+        channels only; framed once per set, and an event once per set and stream position."""
         entry = Entry(payload, positions)
         if len(channels) == 1:
             members = self._positioned.get(channels[0])
             if not members:
                 return 0
             recipients = list(members)
-            frame = positioned_message(payload, positions)
+            body = positioned_json(payload, positions)
+            frame = b""
+            events: dict[tuple[IdLayout, str], tuple[bytes, Cursor]] = {}
             for listener in recipients:
-                if listener.held is None:
-                    listener.write(frame)
-                else:
+                if listener.held is not None:
                     listener.held.append(entry)
+                    continue
+                cursor = listener.cursor
+                if cursor is None:
+                    frame = frame or text_frame(body)
+                    listener.write(frame)
+                    continue
+                made = events.get((cursor.layout, cursor.id))
+                if made is None:
+                    after = cursor.advanced(positions)
+                    made = events[cursor.layout, cursor.id] = (id_event(body, after.id), after)
+                listener.cursor = made[1]
+                listener.write(made[0])
             return len(recipients)
-        merged: dict[L, None] = {}
+        merged: dict[L, object] = {}
         for channel in channels:
             merged.update(self._positioned.get(channel, {}))
+        bodies: dict[tuple[str, ...], tuple[bytes, list[tuple[str, Position]]]] = {}
         frames: dict[tuple[str, ...], bytes] = {}
+        stream_events: dict[tuple[tuple[str, ...], IdLayout, str], tuple[bytes, Cursor]] = {}
         for listener in merged:
             if listener.held is not None:
                 listener.held.append(entry)
                 continue
             heard = tuple(c for c in channels if c in listener.channels)
-            own_frame = frames.get(heard)
-            if own_frame is None:
+            own_body = bodies.get(heard)
+            if own_body is None:
                 own = [(c, p) for c, p in positions if c in listener.channels]
-                own_frame = frames[heard] = positioned_message(payload, own)
-            listener.write(own_frame)
+                own_body = bodies[heard] = (positioned_json(payload, own), own)
+            cursor = listener.cursor
+            if cursor is None:
+                own_frame = frames.get(heard)
+                if own_frame is None:
+                    own_frame = frames[heard] = text_frame(own_body[0])
+                listener.write(own_frame)
+                continue
+            key = (heard, cursor.layout, cursor.id)
+            made = stream_events.get(key)
+            if made is None:
+                after = cursor.advanced(own_body[1])
+                made = stream_events[key] = (id_event(own_body[0], after.id), after)
+            listener.cursor = made[1]
+            listener.write(made[0])
         return len(merged)

@@ -49,6 +49,9 @@ __all__ = [
 REMEMBERED_BROADCASTS = 10_000
 
 _FIGURES = tuple(figure.name for figure in fields(Totals))
+# The figures every heartbeat has; those added since (`event_streams`) are 0 in the heartbeat
+# of a node of an earlier version, which has none of them, during a rolling deploy.
+_REQUIRED_FIGURES = ("connected", "deliveries", "channels", "subscriptions")
 # More digits than any count of sockets or deliveries reaches (2**63 has 19), and well under
 # the length at which Python refuses to convert digits to an int.
 _COUNT_DIGITS = 19
@@ -269,12 +272,16 @@ def other_nodes(members: Iterable[bytes], own: str) -> list[str]:
 def cluster_totals(local: Totals, heartbeats: Iterable[Mapping[bytes, bytes]]) -> Totals:
     """This node's figures plus those of every other node's heartbeat hash.
 
-    A hash that is not a heartbeat (a field missing or not a count: written by something
-    else under the prefix) counts for nothing rather than failing `/info.json`.
+    A hash that is not a heartbeat (one of the four first figures missing, or a figure that
+    is not a count: written by something else under the prefix) counts for nothing rather
+    than failing `/info.json`; a later figure missing is 0, as in an earlier version's.
     """
     figures = [local]
     for values in heartbeats:
-        counts = [_count(values.get(name.encode(), b"")) for name in _FIGURES]
+        counts = [
+            _count(values.get(name.encode(), b"" if name in _REQUIRED_FIGURES else b"0"))
+            for name in _FIGURES
+        ]
         if None not in counts:
             figures.append(Totals(*cast("list[int]", counts)))
     return Totals(*(sum(getattr(f, name) for f in figures) for name in _FIGURES))

@@ -7,6 +7,8 @@ const WINDOW_S = 300;
 const CHART = { width: 600, height: 160, left: 48, top: 8, bottom: 4 };
 const SVG_NS = "http://www.w3.org/2000/svg";
 const FIGURES = ["connected", "deliveries", "channels", "subscriptions"];
+// How the connected subscribers split by transport, shown under their figure.
+const SPLIT = ["websockets", "event_streams"];
 const RATE_FIGURE_S = 5; // the rate figure averages this many seconds, so it reads steadily
 
 const rates = []; // {t: seconds, rate: deliveries per second over the interval ending at t}
@@ -104,6 +106,7 @@ async function poll() {
     const { stats } = await response.json();
     record(stats.deliveries);
     for (const name of FIGURES) show(name, stats[name]);
+    for (const name of SPLIT) document.getElementById(name).textContent = format(stats[name]);
     show("rate", recentRate());
     setLive(true);
   } catch (error) {
