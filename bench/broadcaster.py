@@ -10,19 +10,24 @@ signed (a constant ~20 µs of signing is thus part of every latency, for both se
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from bench.keepalive import HttpError, KeepAliveClient
 from bench.plan import BENCH_EVENT
 from bench.tokens import broadcast_token
 
-__all__ = ["BroadcastOutcome", "broadcast_all", "spread"]
+__all__ = ["BroadcastOutcome", "SteadyOutcome", "broadcast_all", "broadcast_steadily", "spread"]
 
 MAX_ERRORS_KEPT = 8
 REQUEST_TIMEOUT_S = 10.0
+RETRY_PAUSE_S = 0.05
+"""After every node refused a broadcast in turn, the pause before trying them again."""
+GIVE_UP_S = 30.0
 
 
 @dataclass(slots=True)
@@ -42,6 +47,13 @@ class BroadcastOutcome:
         self.failures += 1
         if len(self.errors) < MAX_ERRORS_KEPT:
             self.errors.append(error)
+
+
+def _signed(secret: str, channel: str, seq: int, padding: str) -> tuple[int, str]:
+    """The send time and the broadcast token of message `seq` of `channel`."""
+    sent_ns = time.monotonic_ns()
+    message = {"event": BENCH_EVENT, "data": {"c": channel, "s": seq, "t": sent_ns, "p": padding}}
+    return sent_ns, broadcast_token(secret, channel, message)
 
 
 def spread(broadcasts: int, channels: list[str]) -> dict[str, int]:
@@ -102,12 +114,7 @@ async def broadcast_all(
                     delay_s = due_s - time.monotonic()
                     if delay_s > 0:
                         await asyncio.sleep(delay_s)
-                sent_ns = time.monotonic_ns()
-                message = {
-                    "event": BENCH_EVENT,
-                    "data": {"c": channel, "s": seq, "t": sent_ns, "p": padding},
-                }
-                token = broadcast_token(secret, channel, message)
+                sent_ns, token = _signed(secret, channel, seq, padding)
                 if outcome.first_post_ns == 0:
                     outcome.first_post_ns = sent_ns
                 try:
@@ -147,3 +154,134 @@ async def broadcast_all(
     await asyncio.gather(*(sender() for _ in range(max(1, connections))))
     outcome.cpu_s, outcome.wall_s = time.process_time() - cpu0, time.monotonic() - wall0
     return outcome
+
+
+@dataclass(slots=True)
+class SteadyOutcome:
+    """What a steady stream of broadcasts came to, through nodes stopping and starting.
+
+    `sent` counts, per channel, the broadcasts a node accepted (200): message 0..n-1 of each
+    channel, each accepted once. A broadcast is retried on the next node when one refused it
+    (503 while stopping), could not be reached (connection refused) or lost the connection
+    without an answer (`unanswered`: the one case where it may have gone out all the same,
+    which the subscribers' and the answers' positions would then show as a duplicate).
+    """
+
+    sent: dict[str, int]
+    last_positions: dict[str, Any] = field(default_factory=dict)
+    deliveries: int = 0
+    refused: int = 0
+    unreachable: int = 0
+    unanswered: int = 0
+    position_faults: int = 0
+    max_late_s: float = 0.0
+    wall_s: float = 0.0
+    failures: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def note(self, error: str) -> None:
+        """A broadcast no node accepted, or one refused otherwise than 503."""
+        self.failures += 1
+        self.keep(error)
+
+    def keep(self, error: str) -> None:
+        if len(self.errors) < MAX_ERRORS_KEPT:
+            self.errors.append(error)
+
+
+async def broadcast_steadily(
+    http_urls: Sequence[str],
+    secret: str,
+    channels: Sequence[str],
+    rate: float,
+    stop: asyncio.Event,
+    *,
+    positioned: bool = True,
+    padding_bytes: int = 64,
+) -> SteadyOutcome:
+    """POST broadcasts at `rate` per second over `channels` in turn until `stop` is set.
+
+    Broadcast i is due i / rate seconds after the start and goes first to node i mod n, as a
+    round-robin load balancer would send it; one POST is in flight per channel (the next waits
+    for its answer), so that each channel's order is defined. `positioned` (history on): each
+    answer's position in its channel must be one offset past the previous answer's, in the same
+    epoch.
+    """
+    outcome = SteadyOutcome(dict.fromkeys(channels, 0))
+    padding = "x" * padding_bytes
+    start_s = time.monotonic()
+
+    async def post(clients: list[KeepAliveClient], channel: str, seq: int, first: int) -> bool:
+        """Send message `seq` of `channel` until a node accepts it; False if none would."""
+        deadline = time.monotonic() + GIVE_UP_S
+        attempt = 0
+        while time.monotonic() < deadline:
+            client = clients[(first + attempt) % len(clients)]
+            attempt += 1
+            _, token = _signed(secret, channel, seq, padding)
+            try:
+                status, body = await asyncio.wait_for(
+                    client.post_json("/broadcast", {"token": token}), REQUEST_TIMEOUT_S
+                )
+            except ConnectionRefusedError:
+                outcome.unreachable += 1
+                await client.close()
+                status, body = 0, None
+            except (OSError, asyncio.IncompleteReadError, ValueError, HttpError, TimeoutError):
+                outcome.unanswered += 1
+                await client.close()
+                status, body = 0, None
+            if status == 200 and isinstance(body, dict) and body.get("message") == "Success":
+                outcome.deliveries += int(body.get("deliveries", 0))
+                if positioned:
+                    _check_position(outcome, channel, seq, body)
+                return True
+            if status == 503:
+                outcome.refused += 1
+            elif status:
+                outcome.note(f"POST /broadcast {channel}#{seq}: {status} {body!r}")
+                return False
+            if attempt % len(clients) == 0:
+                await asyncio.sleep(RETRY_PAUSE_S)
+        outcome.note(f"{channel}#{seq}: no node accepted it within {GIVE_UP_S:g} s")
+        return False
+
+    async def sender(index: int, channel: str) -> None:
+        clients = [KeepAliveClient.for_url(url) for url in http_urls]
+        seq = 0
+        try:
+            while not stop.is_set():
+                due = index + seq * len(channels)
+                late_s = time.monotonic() - (start_s + due / rate)
+                if late_s < 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), -late_s)
+                    continue
+                outcome.max_late_s = max(outcome.max_late_s, late_s)
+                if not await post(clients, channel, seq, due % len(clients)):
+                    return
+                seq += 1
+                outcome.sent[channel] = seq
+        finally:
+            for client in clients:
+                await client.close()
+
+    await asyncio.gather(*(sender(i, c) for i, c in enumerate(channels)))
+    outcome.wall_s = time.monotonic() - start_s
+    return outcome
+
+
+def _check_position(outcome: SteadyOutcome, channel: str, seq: int, body: dict[str, Any]) -> None:
+    """Each accepted broadcast of a channel takes the next offset of the same epoch."""
+    position = (body.get("positions") or {}).get(channel)
+    if position is None:
+        outcome.position_faults += 1
+        outcome.keep(f"{channel}#{seq}: answer without its position: {body!r}")
+        return
+    last = outcome.last_positions.get(channel)
+    if last is not None and (
+        position.get("epoch") != last.get("epoch") or position.get("offset") != last["offset"] + 1
+    ):
+        outcome.position_faults += 1
+        outcome.keep(f"{channel}#{seq}: answered position {position} after {last}")
+    outcome.last_positions[channel] = position

@@ -35,7 +35,7 @@ SUMMARY_METRICS = (
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--scenarios", default="a,b,c,d,e", help="comma-separated keys (default: a,b,c,d,e)"
+        "--scenarios", default="a,b,c,d,e,f,g", help="comma-separated keys (default: all)"
     )
     parser.add_argument("--quick", action="store_true", help="small numbers, one run: a smoke test")
     parser.add_argument(
@@ -56,11 +56,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _order(scenario: Scenario, run: int, only: set[str] | None) -> list[str]:
-    """Subject first on even runs, baseline first on odd ones, so drift hits both alike."""
-    pair = [scenario.subject, scenario.baseline]
-    if run % 2:
-        pair.reverse()
-    return [key for key in pair if only is None or key in only]
+    """Each run starts one server later (of two: subject first on even runs, baseline first on
+    odd ones), so drift hits them all alike."""
+    servers = list(scenario.servers)
+    shift = run % len(servers)
+    return [key for key in servers[shift:] + servers[:shift] if only is None or key in only]
 
 
 def _summary(result: RunResult) -> str:

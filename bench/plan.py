@@ -23,22 +23,33 @@ def channel_name(index: int) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Layout:
-    """How clients spread over channels and server nodes.
+    """How clients spread over channels and server nodes, and how they keep their place.
 
     Client g subscribes to `channels_per_client` consecutive channels starting at g mod
     `channels`, and connects to node g mod len(urls): subscribers spread evenly over both.
+    `positioned` clients send `since` in every authenticate and keep it from the positions of
+    every frame (the protocol's opt-in to recovery: only a server with history on is measured
+    with them, so every frame they get must carry positions); `reconnect` clients come back to
+    the next node, with their `since`, when the server closes their socket, the first attempt
+    at a random moment within `reconnect_jitter_s`.
     """
 
     urls: tuple[str, ...]
     channels: int
     channels_per_client: int = 1
+    positioned: bool = False
+    reconnect: bool = False
+    reconnect_jitter_s: float = 0.2
 
     def channels_of(self, client: int) -> list[str]:
         count = min(self.channels_per_client, self.channels)
         return [channel_name((client + j) % self.channels) for j in range(count)]
 
+    def node_of(self, client: int) -> int:
+        return client % len(self.urls)
+
     def url_of(self, client: int) -> str:
-        return self.urls[client % len(self.urls)]
+        return self.urls[self.node_of(client)]
 
     def subscribers_per_channel(self, clients: int) -> dict[str, int]:
         """How many of clients 0..clients-1 each channel has: a broadcast's expected deliveries."""

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["TreeSample", "descendants", "sample_tree"]
+__all__ = ["TreeSample", "descendants", "listen_overflows", "sample_tree"]
 
 CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
@@ -104,3 +104,15 @@ def sample_tree(roots: Iterable[int]) -> TreeSample:
         user / CLOCK_TICKS_PER_S,
         system / CLOCK_TICKS_PER_S,
     )
+
+
+def listen_overflows() -> int:
+    """Connections the kernel dropped so far because a listener's accept queue was full
+    (TcpExt ListenOverflows, machine-wide): a server that takes many sockets at once and
+    listens with a short backlog leaves its clients to retransmit their SYNs, 1 s, 3 s, 7 s on."""
+    lines = (PROC / "net" / "netstat").read_text().splitlines()
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            table = dict(zip(names.split()[1:], values.split()[1:], strict=True))
+            return int(table.get("ListenOverflows", 0))
+    return 0

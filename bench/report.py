@@ -7,6 +7,7 @@ else should not move the figure; the run count is printed beside every table.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import os
 import platform
 import shutil
@@ -116,29 +117,32 @@ class Report:
         return next((s for s in self.scenarios if s.key == key), None)
 
     def scenario_table(self, scenario: Scenario) -> list[str]:
-        a, b = scenario.subject, scenario.baseline
-        count = min(len(self._runs(scenario.key, a)), len(self._runs(scenario.key, b))) or max(
-            len(self._runs(scenario.key, a)), len(self._runs(scenario.key, b))
-        )
-        la, lb = self.labels.get(a, a), self.labels.get(b, b)
+        """One column per server and a ratio column per pair of them, earlier over later."""
+        servers = scenario.servers
+        counts = [len(self._runs(scenario.key, server)) for server in servers]
+        count = min(counts) or max(counts)
+        labels = [self.labels.get(server, server) for server in servers]
+        pairs = list(itertools.combinations(range(len(servers)), 2))
+        ratios = [f"ratio {labels[i]}/{labels[j]}" for i, j in pairs]
         lines = [
             f"### ({scenario.key}) {scenario.title}",
             "",
             f"Medians of {count} run(s) per server.",
             "",
-            f"| metric | {la} | {lb} | ratio {la}/{lb} |",
-            "|---|---:|---:|---:|",
+            "| " + " | ".join(["metric", *labels, *ratios]) + " |",
+            "|---|" + "---:|" * (len(servers) + len(pairs)),
         ]
         for metric in METRICS:
             if metric.throughput_only and not scenario.throughput:
                 continue
-            ma, mb = (
-                self.median(scenario.key, a, metric.key),
-                self.median(scenario.key, b, metric.key),
-            )
-            if ma is None and mb is None:
+            medians = [self.median(scenario.key, server, metric.key) for server in servers]
+            if all(m is None for m in medians):
                 continue
-            cells = (metric.label, _fmt(metric.fmt, ma), _fmt(metric.fmt, mb), _ratio(ma, mb))
+            cells = [
+                metric.label,
+                *(_fmt(metric.fmt, m) for m in medians),
+                *(_ratio(medians[i], medians[j]) for i, j in pairs),
+            ]
             lines.append("| " + " | ".join(cells) + " |")
         if scenario.capacity:
             lines += ["", *self.capacity_table(scenario)]
@@ -207,6 +211,11 @@ class Report:
                 lambda s, r: s >= r,
             ),
         ]
+        history = "server CPU per delivered frame, history on <= 1.15x history off"
+        outcomes += [
+            self._compare(key, "cpu_us_per_frame", f"({key}) {history}", lambda s, b: s <= 1.15 * b)
+            for key in ("f", "g")
+        ]
         text = "(c) RSS per idle authenticated socket <= 16 KiB"
         scenario = self._scenario("c")
         value = self.median("c", scenario.subject, "rss_kib_per_socket") if scenario else None
@@ -241,7 +250,8 @@ class Report:
             f"- command: `{command}` ({mode})",
             "- servers: Bifröst (one Sanic process, `--single-process`) and the Node.js reference "
             "(`bench/reference/server.js`, ws + jsonwebtoken); in (e), two Bifröst processes "
-            "sharing a `redis-server` of their own; same JWT_SECRET, loopback only",
+            "sharing a `redis-server` of their own; in (f) and (g), also one Bifröst process with "
+            "`BIFROST_HISTORY_SIZE=100` and positioned subscribers; same JWT_SECRET, loopback only",
             "",
             "CPU is utime+stime of the server's process tree from /proc during the broadcast "
             "phase; RSS per socket is (RSS with all sockets - RSS before) / sockets. Generators "
@@ -256,7 +266,7 @@ class Report:
         lines += [
             "## Targets (computed from the tables)",
             "",
-            "| target | verdict | medians (Bifröst vs reference) |",
+            "| target | verdict | medians (the scenario's first vs second server) |",
             "|---|---|---|",
         ]
         lines += [f"| {t.text} | {t.verdict} | {t.detail} |" for t in self.targets()]

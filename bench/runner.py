@@ -194,6 +194,7 @@ async def _broadcast(
         "clients missing frames": sum(r["incomplete_clients"] for r in replies),
         "frames out of order": sum(r["out_of_order"] for r in replies),
         "duplicate frames": sum(r["duplicates"] for r in replies),
+        "frames whose positions do not follow on": sum(r["position_faults"] for r in replies),
         "sockets closed unexpectedly": sum(r["unexpected_closes"] for r in replies),
         "unexpected frames": sum(r["protocol_errors"] for r in replies),
     }
@@ -251,7 +252,10 @@ async def run_once(
         await asyncio.sleep(options.settle_s)
         baseline_rss = server.sample().rss_bytes
         layout = Layout(
-            tuple(server.subscribe_urls), scenario.channels, scenario.channels_per_client
+            tuple(server.subscribe_urls),
+            scenario.channels,
+            scenario.channels_per_client,
+            positioned=spec.positioned,
         )
         swarm = Swarm.start(options.generators, secret, layout)
         await _climb(scenario, swarm, server, baseline_rss, options, result)

@@ -1,8 +1,9 @@
 """The workloads, in full and `--quick` sizes, as plain data.
 
-A scenario names the two topologies it compares (`subject`, `baseline`, keys of
+A scenario names the topologies it compares (`subject`, `baseline` and any `others`, keys of
 `bench.servers.TOPOLOGIES`): (a)-(d) Bifröst against the Node reference, (e) two Bifröst nodes
-through Redis against one Bifröst process, in the same run.
+through Redis against one Bifröst process, (f) and (g) Bifröst with history on and positioned
+subscribers against history off and the reference, each in the same run.
 """
 
 from __future__ import annotations
@@ -43,10 +44,16 @@ class Scenario:
     http_connections: int = 4
     subject: str = "bifrost"
     baseline: str = "reference"
+    others: tuple[str, ...] = ()
 
     @property
     def sockets(self) -> int:
         return self.steps[-1]
+
+    @property
+    def servers(self) -> tuple[str, ...]:
+        """Every topology the scenario runs, in the order of the table's columns."""
+        return (self.subject, self.baseline, *self.others)
 
 
 def _climb(target: int, steps: int) -> tuple[int, ...]:
@@ -70,6 +77,7 @@ def build_scenarios(*, quick: bool, open_file_limit: int) -> dict[str, Scenario]
     spread_title = (
         f"spread: {channels} channels x {spread_broadcasts} broadcasts, {spread_subs} subscribers"
     )
+    history = "history on (BIFROST_HISTORY_SIZE=100, positioned subscribers) against off"
     fanout = Scenario(
         "a",
         fanout_title,
@@ -80,9 +88,12 @@ def build_scenarios(*, quick: bool, open_file_limit: int) -> dict[str, Scenario]
         paced_broadcasts=paced,
         paced_rate=PACED_RATE,
     )
+    spread = Scenario(
+        "b", spread_title, (spread_subs,), channels, spread_broadcasts, throughput=True
+    )
     scenarios = [
         fanout,
-        Scenario("b", spread_title, (spread_subs,), channels, spread_broadcasts, throughput=True),
+        spread,
         Scenario(
             "c",
             f"idle: {idle} authenticated subscribers (memory)",
@@ -105,6 +116,22 @@ def build_scenarios(*, quick: bool, open_file_limit: int) -> dict[str, Scenario]
             "over both nodes",
             subject="bifrost-redis",
             baseline="bifrost",
+        ),
+        replace(
+            fanout,
+            key="f",
+            title=f"{history} and the reference: the {fanout_title}",
+            subject="bifrost-history",
+            baseline="bifrost",
+            others=("reference",),
+        ),
+        replace(
+            spread,
+            key="g",
+            title=f"{history} and the reference: the {spread_title}",
+            subject="bifrost-history",
+            baseline="bifrost",
+            others=("reference",),
         ),
     ]
     return {s.key: s for s in scenarios}

@@ -33,10 +33,12 @@ __all__ = [
     "ServerStartError",
     "ServiceSpec",
     "Topology",
+    "bifrost_history",
     "bifrost_redis_pair",
     "bifrost_single",
     "free_port",
     "node_reference",
+    "restart_node",
     "start_server",
 ]
 
@@ -53,6 +55,8 @@ how a proposed change to the service is measured without touching the service.""
 
 # Bifröst keeps this many descriptors for itself besides sockets (bifrost/limits.py).
 BIFROST_FILES_BESIDES_SOCKETS = 64
+HISTORY_SIZE = 100
+"""BIFROST_HISTORY_SIZE of the history topology: messages kept per channel."""
 
 
 def bifrost_max_connections() -> int:
@@ -106,6 +110,9 @@ class ServerSpec:
     extra_pids: tuple[int, ...] = ()
     prepare: Callable[[], None] | None = None
     services: tuple[ServiceSpec, ...] = ()
+    positioned: bool = False
+    """Its subscribers opt in to positions (`since` in authenticate), and every frame they get
+    must carry them: a server with history on, measured as its users would use it."""
 
 
 Topology = Callable[[Callable[[], int], str], ServerSpec]
@@ -232,15 +239,7 @@ def start_server(spec: ServerSpec, tag: str) -> RunningServer:
             _wait_listening(service, process)
         for index, node in enumerate(spec.nodes):
             log = LOG_DIR / f"{tag}-{index}.log"
-            with log.open("wb") as sink:
-                process = subprocess.Popen(
-                    node.argv,
-                    cwd=node.cwd,
-                    env={**os.environ, **node.env},
-                    stdin=subprocess.DEVNULL,
-                    stdout=sink,
-                    stderr=subprocess.STDOUT,
-                )
+            process = _launch(node, log)
             running.processes.append(process)
             running.log_paths.append(log)
             _wait_ready(node, process, log)
@@ -248,6 +247,29 @@ def start_server(spec: ServerSpec, tag: str) -> RunningServer:
         running.stop()
         raise
     return running
+
+
+def _launch(node: NodeSpec, log: Path, mode: str = "wb") -> subprocess.Popen[bytes]:
+    with log.open(mode) as sink:
+        return subprocess.Popen(
+            node.argv,
+            cwd=node.cwd,
+            env={**os.environ, **node.env},
+            stdin=subprocess.DEVNULL,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def restart_node(running: RunningServer, index: int) -> None:
+    """Start node `index` of a running server again, once its process has exited (a rolling
+    restart), on the same port, its log appended to; wait until it is ready."""
+    node, log = running.spec.nodes[index], running.log_paths[index]
+    if running.processes[index].poll() is None:
+        raise RuntimeError(f"node {index} of {running.spec.label} is still running")
+    process = _launch(node, log, "ab")
+    running.processes[index] = process
+    _wait_ready(node, process, log)
 
 
 def _bifrost_node(port: int, secret: str, extra_env: Mapping[str, str]) -> NodeSpec:
@@ -285,6 +307,15 @@ def bifrost_single(next_port: Callable[[], int], secret: str) -> ServerSpec:
     """Bifröst as the README runs it: one Sanic process, in-process broker."""
     node = _bifrost_node(next_port(), secret, {})
     return ServerSpec("bifrost", _bifrost_label("Bifröst"), (node,))
+
+
+def bifrost_history(next_port: Callable[[], int], secret: str) -> ServerSpec:
+    """One Bifröst process keeping `HISTORY_SIZE` messages per channel, its subscribers
+    positioned: what recovery costs on the path of every frame."""
+    env = {"BIFROST_HISTORY_SIZE": str(HISTORY_SIZE)}
+    node = _bifrost_node(next_port(), secret, env)
+    label = _bifrost_label("Bifröst, history on")
+    return ServerSpec("bifrost-history", label, (node,), positioned=True)
 
 
 def _need_redis_server() -> None:
@@ -330,6 +361,7 @@ def node_reference(next_port: Callable[[], int], secret: str) -> ServerSpec:
 
 TOPOLOGIES: dict[str, Topology] = {
     "bifrost": bifrost_single,
+    "bifrost-history": bifrost_history,
     "bifrost-redis": bifrost_redis_pair,
     "reference": node_reference,
 }

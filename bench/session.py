@@ -97,14 +97,26 @@ class Session:
         env: Mapping[str, str] | None = None,
         topology: str | Topology = "bifrost",
         channels: int = 1,
+        channels_per_client: int = 1,
+        reconnect: bool = False,
+        reconnect_jitter_s: float = 0.2,
         generators: int = 2,
     ) -> Self:
+        """Start the servers and the generators; with `reconnect`, a subscriber the server
+        closes comes back to the next node (positioned if the topology says so)."""
         secret = new_secret()
         build = TOPOLOGIES[topology] if isinstance(topology, str) else topology
         spec = with_env(build(free_port, secret), env or {})
         server = start_server(spec, tag)
         http = KeepAliveClient.for_url(server.http_url)
-        layout = Layout(tuple(server.subscribe_urls), channels)
+        layout = Layout(
+            tuple(server.subscribe_urls),
+            channels,
+            channels_per_client,
+            positioned=spec.positioned,
+            reconnect=reconnect,
+            reconnect_jitter_s=reconnect_jitter_s,
+        )
         swarm = Swarm.start(generators, secret, layout)
         return cls(server, secret, swarm, http)
 
@@ -201,6 +213,7 @@ class Session:
             "frames missing": expected - frames,
             "frames out of order": sum(r["out_of_order"] for r in replies),
             "duplicate frames": sum(r["duplicates"] for r in replies),
+            "frames whose positions do not follow on": sum(r["position_faults"] for r in replies),
             "sockets closed unexpectedly": sum(r["unexpected_closes"] for r in replies),
         }
         errors.extend(f"{n} {what}" for what, n in faults.items() if n)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import multiprocessing
+from collections import Counter
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -137,17 +138,42 @@ class Swarm:
             errors=[e for r in replies for e in r["errors"]],
         )
 
-    async def arm(self, per_channel: dict[str, int]) -> int:
-        """Tell every generator what is coming; returns the total frames expected."""
+    async def arm(self, per_channel: dict[str, int] | None) -> int:
+        """Tell every generator what is coming (None: told at `collect`); returns the total
+        frames expected (-1 per generator when not yet told)."""
         replies = await self._all(
             [{"op": "arm", "per_channel": per_channel}] * len(self._handles), 30.0
         )
         return sum(r["target"] for r in replies)
 
-    async def collect(self, timeout_s: float) -> list[dict[str, Any]]:
-        return await self._all(
-            [{"op": "collect", "timeout_s": timeout_s}] * len(self._handles), timeout_s + 30.0
-        )
+    async def status(self) -> dict[str, Any]:
+        """Clients subscribed right now over all generators, and every return after a close."""
+        replies = await self._all([{"op": "status"}] * len(self._handles), 30.0)
+        return {
+            "ready": sum(r["ready"] for r in replies),
+            "per_node": [sum(n) for n in zip(*(r["per_node"] for r in replies), strict=True)],
+            "clients": sum(r["clients"] for r in replies),
+            "returns": [t for r in replies for t in r["returns"]],
+            "frames": sum(r["frames"] for r in replies),
+            "cpu_s": [r["cpu_s"] for r in replies],
+            "failed_attempts": sum((Counter(r["failed_attempts"]) for r in replies), Counter()),
+        }
+
+    async def collect(
+        self,
+        timeout_s: float,
+        per_channel: dict[str, int] | None = None,
+        last_positions: dict[str, Any] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Wait for the frames armed (or, now, `per_channel`) and report what each generator saw;
+        `last_positions`: where every positioned client's `since` must end."""
+        command = {
+            "op": "collect",
+            "timeout_s": timeout_s,
+            "per_channel": per_channel,
+            "last_positions": last_positions,
+        }
+        return await self._all([command] * len(self._handles), timeout_s + 30.0)
 
     async def close(self) -> None:
         """Disconnect every client and let the processes exit; kill any that hang."""
