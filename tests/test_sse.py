@@ -22,6 +22,7 @@ from tests.clients import post_broadcast, wait_for_connected
 from tests.event_streams import EventStreamReader, RawStreamPeer, open_stream
 from tests.live import SECRET, BifrostServer, broadcast_token, subscribe_token
 from tests.raw_peer import RawPeer
+from tests.redis_server import RedisServer
 from tests.test_history import HISTORY, Node, Reader, broadcast, broker, node, redis_server
 from tests.test_logs import assert_no_secret_in
 from tests.test_slow_consumer import wait_for_log
@@ -399,3 +400,29 @@ async def test_the_readmes_curl_line_shows_the_stream(start_server):
         {"event": "subscribed", "data": '{"channel":"global"}'},
         {"event": "note", "data": "seen by curl"},
     ]
+
+
+@pytest.mark.parametrize("broker", ["redis"])
+async def test_a_stream_ends_when_its_node_loses_redis_and_resumes_by_its_id(
+    node: Node, redis_server: RedisServer
+):
+    """A node that stops hearing Redis ends its event streams, saying why, so that the browser
+    comes back and resumes from its last id (here to a Redis that kept nothing: not
+    recovered) instead of missing messages unawares."""
+    live = node()
+    reader = await stream_of(live, ["room"])
+    redis_server.stop()
+    assert await reader.ended(10) == []
+    assert reader.comments == ["Try again later"]
+    await reader.close()
+    redis_server.start()
+    for _ in range(100):
+        if httpx.get(f"{live.url}/readyz").status_code == 200:
+            break
+        await asyncio.sleep(0.1)
+    again = await open_stream(live, subscribe_token(["room"]), last_event_id=reader.last_id)
+    subscribed = (await again.next()).json()
+    assert subscribed["event"] == "subscribed" and subscribed["recovered"] is False
+    await broadcast(live, "after", "room")
+    assert (await again.next()).json()["data"] == "after"
+    await again.close()
