@@ -18,6 +18,7 @@ import logging
 import os
 import resource
 import socket
+import stat
 
 from bifrost.rules.admission import REFUSAL_HEADROOM
 
@@ -64,9 +65,16 @@ def widen_accept_queues(backlog: int) -> int:
     widened = 0
     for name in os.listdir(PROCESS_DESCRIPTORS) if os.path.isdir(PROCESS_DESCRIPTORS) else ():
         try:
-            same = socket.socket(fileno=os.dup(int(name)))
+            if not stat.S_ISSOCK(os.fstat(int(name)).st_mode):
+                continue
+            duplicate = os.dup(int(name))
         except OSError:
-            continue  # not a socket, or closed since the folder was read
+            continue  # closed since the folder was read
+        try:
+            same = socket.socket(fileno=duplicate)
+        except OSError:
+            os.close(duplicate)
+            continue
         with same:
             listening = same.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
             if listening and same.type == socket.SOCK_STREAM:
