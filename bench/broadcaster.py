@@ -63,6 +63,7 @@ async def broadcast_all(
     rate: float = 0.0,
     request_timeout_s: float = REQUEST_TIMEOUT_S,
     exact_deliveries: bool = True,
+    lanes: int = 1,
 ) -> BroadcastOutcome:
     """POST every planned broadcast; check each answer's deliveries against `subscribers`.
 
@@ -74,10 +75,20 @@ async def broadcast_all(
     POST i goes to `http_urls[i % len(http_urls)]`, as a round-robin load balancer in front of
     several nodes would send it: spreading connections instead would not spread POSTs, since
     with one channel (one POST in flight) the sender that got the first keeps every later one.
+
+    With `lanes` > 1, each channel's broadcasts are split over that many lanes, each with its
+    own sequence (`l` in the message), and one POST per lane is in flight: order is only defined
+    within a lane, which the clients check.
     """
     padding = "x" * padding_bytes
-    ready: deque[str] = deque(c for c, n in per_channel.items() if n > 0)
-    sent = dict.fromkeys(per_channel, 0)
+    lanes = max(1, lanes)
+    per_lane = {
+        (c, lane): n // lanes + (1 if lane < n % lanes else 0)
+        for c, n in per_channel.items()
+        for lane in range(lanes)
+    }
+    ready: deque[tuple[str, int]] = deque(key for key, n in per_lane.items() if n > 0)
+    sent = dict.fromkeys(per_lane, 0)
     remaining = sum(per_channel.values())
     wake = asyncio.Event()
     outcome = BroadcastOutcome()
@@ -93,8 +104,8 @@ async def broadcast_all(
                     wake.clear()
                     await wake.wait()
                     continue
-                channel = ready.popleft()
-                seq = sent[channel]
+                channel, lane = key = ready.popleft()
+                seq = sent[key]
                 index, taken = taken, taken + 1
                 client = clients[index % len(clients)]
                 if rate > 0:
@@ -105,7 +116,7 @@ async def broadcast_all(
                 sent_ns = time.monotonic_ns()
                 message = {
                     "event": BENCH_EVENT,
-                    "data": {"c": channel, "s": seq, "t": sent_ns, "p": padding},
+                    "data": {"c": channel, "l": lane, "s": seq, "t": sent_ns, "p": padding},
                 }
                 token = broadcast_token(secret, channel, message)
                 if outcome.first_post_ns == 0:
@@ -133,10 +144,10 @@ async def broadcast_all(
                     outcome.deliveries += got
                     if got < want or (exact_deliveries and got != want):
                         outcome.note(f"{channel}#{seq}: deliveries {got} for {want} subscribers")
-                sent[channel] = seq + 1
+                sent[key] = seq + 1
                 remaining -= 1
-                if sent[channel] < per_channel[channel]:
-                    ready.append(channel)
+                if sent[key] < per_lane[key]:
+                    ready.append(key)
                 wake.set()
         finally:
             wake.set()

@@ -83,7 +83,8 @@ class Subscriber(WSListener):  # type: ignore[misc]
         super().__init__()
         self.tally = tally
         self.auth_frame = orjson.dumps({"event": "authenticate", "data": token})
-        self.next_seq = dict.fromkeys(channels, 0)
+        # Per channel, the next sequence number of each of its lanes (one per POST in flight).
+        self.next_seq: dict[str, dict[int, int]] = {c: {} for c in channels}
         self.pending_subscriptions = len(self.next_seq)
         self.subscribed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.transport: WSTransport | None = None
@@ -110,18 +111,19 @@ class Subscriber(WSListener):  # type: ignore[misc]
 
     def _on_broadcast(self, data: dict[str, Any], now: int) -> None:
         tally = self.tally
-        channel, seq = data["c"], data["s"]
-        expected = self.next_seq.get(channel)
-        if expected is None:
+        channel, lane, seq = data["c"], data.get("l", 0), data["s"]
+        lanes = self.next_seq.get(channel)
+        if lanes is None:
             tally.protocol_errors += 1
             tally.note(f"frame for channel {channel} the client did not subscribe to")
             return
+        expected = lanes.get(lane, 0)
         if seq != expected:
             if seq < expected:
                 tally.duplicates += 1
             else:
                 tally.out_of_order += 1
-        self.next_seq[channel] = seq + 1
+        lanes[lane] = seq + 1
         tally.latencies_ns.append(now - data["t"])
         if tally.first_ns == 0:
             tally.first_ns = now
@@ -223,7 +225,7 @@ class Generator:
         target = sum(per_channel.get(c, 0) for client in self.clients for c in client.next_seq)
         for client in self.clients:
             for channel in client.next_seq:
-                client.next_seq[channel] = 0
+                client.next_seq[channel] = {}
         self.expected = per_channel
         self.tally.arm(target)
         self.cpu0, self.wall0 = time.process_time(), time.monotonic()
@@ -239,7 +241,8 @@ class Generator:
         cpu, wall = time.process_time() - self.cpu0, time.monotonic() - self.wall0
         incomplete = 0
         for client in self.clients:
-            if any(seq != self.expected.get(c, 0) for c, seq in client.next_seq.items()):
+            received = client.next_seq.items()
+            if any(sum(lanes.values()) != self.expected.get(c, 0) for c, lanes in received):
                 incomplete += 1
         return {
             "frames": tally.frames,

@@ -206,6 +206,15 @@ class Report:
                 "(c) connect+subscribe rate >= reference",
                 lambda s, r: s >= r,
             ),
+            self._compare(
+                "f",
+                "cpu_us_per_frame",
+                "(f) server CPU per delivered frame <= 0.5x reference",
+                lambda s, r: s <= 0.5 * r,
+            ),
+            self._compare(
+                "f", "lat_p99_ms", "(f) p99 latency flat out <= reference", lambda s, r: s <= r
+            ),
         ]
         text = "(c) RSS per idle authenticated socket <= 16 KiB"
         scenario = self._scenario("c")

@@ -182,6 +182,7 @@ async def _broadcast(
         connections=scenario.http_connections,
         padding_bytes=options.padding_bytes,
         rate=rate,
+        lanes=scenario.lanes,
     )
     replies = await swarm.collect(options.collect_timeout_s)
     after = server.sample()

@@ -41,6 +41,8 @@ class Scenario:
     paced_broadcasts: int = 0
     paced_rate: float = 0.0
     http_connections: int = 4
+    # POSTs in flight per channel (each its own sequence, which the clients check).
+    lanes: int = 1
     subject: str = "bifrost"
     baseline: str = "reference"
 
@@ -58,11 +60,12 @@ def build_scenarios(*, quick: bool, open_file_limit: int) -> dict[str, Scenario]
     capacity_target = max(1000, open_file_limit - CAPACITY_HEADROOM)
     if quick:
         fanout, spread_subs, spread_broadcasts, idle, climb = 300, 300, 200, 1000, _climb(2000, 3)
-        fanout_broadcasts, channels, paced = 20, 10, 20
+        fanout_broadcasts, channels, paced, burst_broadcasts = 20, 10, 20, 80
     else:
         fanout, spread_subs, spread_broadcasts, idle = 2000, 2000, 2000, 10_000
         climb = _climb(capacity_target, 5)
-        fanout_broadcasts, channels, paced = 200, 100, 100
+        fanout_broadcasts, channels, paced, burst_broadcasts = 200, 100, 100, 800
+    fanout_subs = fanout
     fanout_title = (
         f"fan-out: {fanout} subscribers x {fanout_broadcasts} broadcasts, one channel "
         f"(+ {paced} paced at {PACED_RATE:g}/s for latency)"
@@ -105,6 +108,16 @@ def build_scenarios(*, quick: bool, open_file_limit: int) -> dict[str, Scenario]
             "over both nodes",
             subject="bifrost-redis",
             baseline="bifrost",
+        ),
+        replace(
+            fanout,
+            key="f",
+            title=f"bursts: {fanout_subs} subscribers, one channel, {burst_broadcasts} broadcasts "
+            "from 8 HTTP connections at once, each as fast as answered",
+            broadcasts=burst_broadcasts,
+            paced_broadcasts=0,
+            http_connections=8,
+            lanes=8,
         ),
     ]
     return {s.key: s for s in scenarios}
