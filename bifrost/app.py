@@ -9,6 +9,7 @@ blueprint its sockets, with 1012).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from functools import partial
@@ -134,7 +135,8 @@ async def open_service(app: Sanic[Any, Any]) -> None:
     """Create this worker's registry, broker and token rules, and start its reaper."""
     settings = _checked_settings(app)
     raise_open_file_limit(settings.max_connections)
-    registry: ChannelRegistry[Connected] = ChannelRegistry()
+    # Frames of one loop turn go out in one write per socket, at the end of the turn.
+    registry: ChannelRegistry[Connected] = ChannelRegistry(asyncio.get_running_loop().call_soon)
     broker = _make_broker(settings, registry)
     await broker.start()
     verifier = TokenVerifier.from_settings(settings)

@@ -12,6 +12,8 @@ Frames go out whole with one synchronous `transport.write`, which cannot interle
 another frame. The transport's high-water mark is the slow-consumer bound: the write that
 takes a socket's unsent bytes over it makes the transport call `pause_writing`, which closes
 the socket instead of buffering without end, so the fan-out checks nothing per socket.
+Frames the fan-out gathered for the socket in this loop turn (`bifrost.rules.registry`) are
+written before anything the socket writes itself: replies, pings, pongs and its close.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from bifrost.rules.history import Entry
 from bifrost.rules.liveness import Liveness
 from bifrost.rules.positions import Position
 from bifrost.rules.protocol import RATE_LIMIT, SLOW_CONSUMER, ClientFrames, Close, text_frame
+from bifrost.rules.registry import write_gathered
 
 __all__ = ["CLOSE_HANDSHAKE_TIMEOUT", "SocketEvents", "Subscriber"]
 
@@ -69,6 +72,7 @@ class Subscriber(asyncio.Protocol):
         "_ws",
         "channels",
         "closed",
+        "gathered",
         "held",
         "liveness",
         "positioned",
@@ -103,6 +107,7 @@ class Subscriber(asyncio.Protocol):
         # its frames carry positions, and while it recovers its messages are held.
         self.positioned = False
         self.held: list[Entry] | None = None
+        self.gathered: list[bytes] | None = None
 
     @property
     def peer(self) -> str:
@@ -119,12 +124,14 @@ class Subscriber(asyncio.Protocol):
     def send(self, frame: bytes) -> None:
         """Write a ready frame, unless the socket is closing."""
         if not self.closed:
+            write_gathered(self)
             self.write(frame)
 
     def send_json(self, body: bytes, positions: Iterable[tuple[str, Position]] = ()) -> None:
         """Write one frame's JSON as a text frame, unless the socket is closing; its positions
         are in the JSON already."""
         if not self.closed:
+            write_gathered(self)
             self.write(text_frame(body))
 
     def pause_writing(self) -> None:
@@ -171,9 +178,14 @@ class Subscriber(asyncio.Protocol):
 
     def _flush(self) -> None:
         """Write what the parser has to say (pongs, close frames); an empty chunk ends the TCP
-        connection, which the server closes first once the closing handshake is done."""
+        connection, which the server closes first once the closing handshake is done; the
+        frames gathered in this turn go first."""
+        chunks = self._ws.data_to_send()
+        if not chunks:
+            return
         closed_before = self.closed
-        for data in self._ws.data_to_send():
+        write_gathered(self)
+        for data in chunks:
             if self._transport.is_closing() or self.closed != closed_before:
                 # A write here went over the bound and closed the socket, close frame and all:
                 # nothing said before that may follow it.
@@ -230,4 +242,5 @@ class Subscriber(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.gathered = None
         self._events.disconnected(self)

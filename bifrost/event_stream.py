@@ -5,7 +5,9 @@ of the 200 goes out (`bifrost.handshake.take_connection`), and the stream is one
 transport's protocol: no Sanic response object, task, lock or queue per stream. Events go out
 whole with one synchronous `transport.write`, and the transport's high-water mark is the
 slow-consumer bound: the write that takes a stream's unsent bytes over it makes the transport
-call `pause_writing`, which ends the stream instead of buffering without end.
+call `pause_writing`, which ends the stream instead of buffering without end. Events the
+fan-out gathered for the stream in this loop turn (`bifrost.rules.registry`) are written
+before anything the stream writes itself.
 
 The client says nothing after its request, so there is nothing to read but the end of the
 connection; a peer that vanished without one shows as a failing write, at the latest when
@@ -27,6 +29,7 @@ from bifrost.rules.history import Entry
 from bifrost.rules.liveness import Liveness
 from bifrost.rules.positions import Position
 from bifrost.rules.protocol import SLOW_CONSUMER, Close
+from bifrost.rules.registry import write_gathered
 
 __all__ = ["EventStream", "StreamEvents"]
 
@@ -53,6 +56,7 @@ class EventStream(asyncio.Protocol):
         "channels",
         "closed",
         "cursor",
+        "gathered",
         "held",
         "liveness",
         "positioned",
@@ -84,6 +88,7 @@ class EventStream(asyncio.Protocol):
         self.closed = False
         self.positioned = False
         self.held: list[Entry] | None = None
+        self.gathered: list[bytes] | None = None
 
     @property
     def peer(self) -> str:
@@ -105,12 +110,14 @@ class EventStream(asyncio.Protocol):
         assert cursor is not None, "a stream has a cursor from its start"
         if positions:
             cursor = self.cursor = cursor.advanced(positions)
+        write_gathered(self)
         self.write(id_event(body, cursor.id))
 
     def ping(self, now: float) -> None:
         """A comment line: the browser ignores it, and the write fails once the peer is gone."""
         if self.closed:
             return
+        write_gathered(self)
         self.write(COMMENT)
         self.liveness.last_pinged = now
 
@@ -130,6 +137,9 @@ class EventStream(asyncio.Protocol):
         """
         if self.closed:
             return
+        write_gathered(self)
+        if self.closed:
+            return  # the gathered events took it over the bound, which ended it
         self._closing()
         if close is not SLOW_CONSUMER:
             self._transport.write(closing_comment(close.reason))
@@ -154,4 +164,5 @@ class EventStream(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.gathered = None
         self._events.disconnected(self)

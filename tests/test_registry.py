@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bifrost.rules.event_ids import UNKNOWN, Cursor, IdLayouts, since_from_id, start_cursor
 from bifrost.rules.history import Entry
 from bifrost.rules.positions import Position
 from bifrost.rules.protocol import text_frame
-from bifrost.rules.registry import ChannelRegistry, Totals
+from bifrost.rules.registry import ChannelRegistry, Totals, write_gathered
 
 
 @dataclass(eq=False)
@@ -20,6 +21,8 @@ class FakeSocket:
     positioned: bool = False
     held: list[Entry] | None = None
     cursor: Cursor | None = None
+    closed: bool = False
+    gathered: list[bytes] | None = None
 
     def write(self, frame: bytes) -> None:
         self.received.append(frame)
@@ -263,3 +266,105 @@ def test_a_recovering_stream_holds_its_messages():
     assert registry.deliver(["a"], b'{"event":"e"}', positions) == 1
     assert recovering.received == [] and recovering.cursor is before
     assert recovering.held == [Entry(b'{"event":"e"}', positions)]
+
+
+class Turns:
+    """Stands for the loop's `call_soon`: keeps the callbacks until the test ends the turn."""
+
+    def __init__(self) -> None:
+        self.callbacks: list[Callable[[], None]] = []
+
+    def __call__(self, callback: Callable[[], None]) -> None:
+        self.callbacks.append(callback)
+
+    def end(self) -> None:
+        callbacks, self.callbacks = self.callbacks, []
+        for callback in callbacks:
+            callback()
+
+
+def test_the_first_broadcast_of_a_turn_is_written_at_once():
+    """A turn with one broadcast writes each socket's frame at once, one write each."""
+    turns = Turns()
+    registry: ChannelRegistry[FakeSocket] = ChannelRegistry(turns)
+    sockets = [FakeSocket() for _ in range(3)]
+    for socket in sockets:
+        registry.subscribe(socket, ["c"])
+    assert registry.deliver(["c"], b'{"n":0}') == 3
+    assert all(socket.received == [text_frame(b'{"n":0}')] for socket in sockets)
+    assert len(turns.callbacks) == 1
+    turns.end()
+    assert all(len(socket.received) == 1 for socket in sockets)
+
+
+def test_a_burst_in_one_turn_goes_out_in_two_writes_in_order():
+    """Broadcasts after the first of a turn are gathered and written as one write, in order,
+    when the turn ends; one callback per turn, whatever the number of sockets."""
+    turns = Turns()
+    registry: ChannelRegistry[FakeSocket] = ChannelRegistry(turns)
+    sockets = [FakeSocket() for _ in range(3)]
+    for socket in sockets:
+        registry.subscribe(socket, ["c"])
+    frames = [text_frame(b'{"n":%d}' % n) for n in range(5)]
+    for n in range(5):
+        assert registry.deliver(["c"], b'{"n":%d}' % n) == 3
+    assert all(socket.received == frames[:1] for socket in sockets)
+    assert len(turns.callbacks) == 1
+    turns.end()
+    for socket in sockets:
+        assert socket.received == [frames[0], b"".join(frames[1:])]
+        assert socket.gathered is None
+    assert registry.deliveries == 15
+    registry.deliver(["c"], b'{"n":5}')
+    assert sockets[0].received[-1] == text_frame(b'{"n":5}'), "a new turn writes at once again"
+
+
+def test_a_socket_writing_itself_writes_its_gathered_frames_first():
+    """What a socket writes itself (a reply, a close) follows the frames gathered for it."""
+    turns = Turns()
+    registry: ChannelRegistry[FakeSocket] = ChannelRegistry(turns)
+    socket = FakeSocket()
+    registry.subscribe(socket, ["c"])
+    for n in range(3):
+        registry.deliver(["c"], b'{"n":%d}' % n)
+    write_gathered(socket)
+    socket.write(b"own reply")
+    turns.end()
+    assert socket.received == [
+        text_frame(b'{"n":0}'),
+        text_frame(b'{"n":1}') + text_frame(b'{"n":2}'),
+        b"own reply",
+    ]
+
+
+def test_a_socket_closed_during_the_turn_gets_no_gathered_frames_from_the_registry():
+    """A socket that closed (gone, or having written its frames before its close) is skipped."""
+    turns = Turns()
+    registry: ChannelRegistry[FakeSocket] = ChannelRegistry(turns)
+    gone, other = FakeSocket(), FakeSocket()
+    for socket in (gone, other):
+        registry.subscribe(socket, ["c"])
+    registry.deliver(["c"], b"0")
+    registry.deliver(["c"], b"1")
+    gone.closed = True
+    registry.withdraw(gone)
+    turns.end()
+    assert gone.received == [text_frame(b"0")]
+    assert other.received == [text_frame(b"0"), text_frame(b"1")]
+
+
+def test_positioned_frames_and_events_of_a_burst_are_gathered_in_order():
+    """Positioned sockets and event streams keep their order within a burst too."""
+    turns = Turns()
+    registry: ChannelRegistry[FakeSocket] = ChannelRegistry(turns)
+    socket = FakeSocket()
+    registry.position(socket)
+    registry.subscribe(socket, ["c"])
+    streamed = FakeSocket(cursor=start_cursor(IdLayouts().layout(["c"]), {}))
+    registry.subscribe(streamed, ["c"])
+    for offset in (1, 2, 3):
+        registry.deliver(["c"], b"{}", [("c", Position("e", offset))])
+    turns.end()
+    assert len(socket.received) == 2 and len(streamed.received) == 2
+    text = b"".join(socket.received)
+    assert text.index(b'"offset":1') < text.index(b'"offset":2') < text.index(b'"offset":3')

@@ -24,6 +24,13 @@ framed once per set for websockets, and made into an event once per set and stre
 for event streams, whose `id:` names every position of the stream: streams at the same
 positions share one encoding. While a positioned listener recovers, the messages it is handed
 are held for it (`held`) rather than written.
+
+Frames of one loop turn go out in one write per socket: the first broadcast of a turn is
+written at once, as above, and asks `defer` (the loop's `call_soon`) to end the turn; a
+broadcast that follows in the same turn gathers its frame on each recipient (`gathered`)
+instead, and the end of the turn writes each socket's gathered frames, in order, as one
+write. A listener writes its gathered frames first (`write_gathered`) whenever it writes
+anything itself, so that its own replies, pings and close never overtake them.
 """
 
 from __future__ import annotations
@@ -38,7 +45,10 @@ from bifrost.rules.history import Entry, positioned_json
 from bifrost.rules.positions import MessagePositions, Position
 from bifrost.rules.protocol import text_frame
 
-__all__ = ["ChannelRegistry", "Listener", "Totals"]
+__all__ = ["ChannelRegistry", "Defer", "Listener", "Totals", "write_gathered"]
+
+# Runs a callback once the loop turn that asks is over: the loop's `call_soon`.
+Defer = Callable[[Callable[[], None]], object]
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +78,18 @@ class Listener(Protocol):
     # An event stream's positions and id, which its positioned events move on; None for a
     # websocket.
     cursor: Cursor | None
+    # Closing or gone: frames gathered for it are no longer written by the registry.
+    closed: bool
+    # The frames of this loop turn not written yet, in order, else None.
+    gathered: list[bytes] | None
+
+
+def write_gathered(listener: Listener) -> None:
+    """Write the frames gathered for a listener in this turn, before it writes anything itself."""
+    frames = listener.gathered
+    if frames is not None:
+        listener.gathered = None
+        listener.write(frames[0] if len(frames) == 1 else b"".join(frames))
 
 
 L = TypeVar("L", bound=Listener)
@@ -76,7 +98,7 @@ L = TypeVar("L", bound=Listener)
 class ChannelRegistry(Generic[L]):
     """The sockets of one process and their channels."""
 
-    def __init__(self) -> None:
+    def __init__(self, defer: Defer | None = None) -> None:
         self._listeners: set[L] = set()
         # Per channel, its listeners and their writes: websockets, event streams, and the
         # positioned listeners of either kind.
@@ -85,6 +107,10 @@ class ChannelRegistry(Generic[L]):
         self._positioned: dict[str, dict[L, Callable[[bytes], object]]] = {}
         self._event_streams = 0
         self.deliveries = 0
+        # Without `defer` every frame is written at once. With it, None until the turn's first
+        # broadcast is written, then the listeners with frames gathered, until the turn ends.
+        self._defer = defer
+        self._gathering: list[L] | None = None
 
     @property
     def connected(self) -> int:
@@ -205,38 +231,77 @@ class ChannelRegistry(Generic[L]):
         """
         frame = text_frame(payload)
         if len(channels) == 1:
-            members = self._channels.get(channels[0])
-            writes = list(members.values()) if members else []
+            members = self._channels.get(channels[0]) or {}
         else:
-            merged: dict[L, Callable[[bytes], object]] = {}
+            members = {}
             for channel in channels:
-                merged.update(self._channels.get(channel, {}))
-            writes = list(merged.values())
-        for write in writes:
-            write(frame)
-        delivered = len(writes)
+                members.update(self._channels.get(channel, {}))
+        if self._gathering is None:
+            writes = list(members.values())
+            for write in writes:
+                write(frame)
+            delivered = len(writes)
+        else:
+            delivered = self._gather(list(members), frame)
         if self._streams:
             delivered += self._deliver_to_streams(channels, payload)
         if positions is not None and self._positioned:
             delivered += self._deliver_positioned(channels, payload, positions)
         self.deliveries += delivered
+        if self._gathering is None and self._defer is not None:
+            self._gathering = []
+            self._defer(self._end_turn)
         return delivered
+
+    def _gather(self, listeners: list[L], data: bytes) -> int:
+        """Keep a frame for each listener until the turn ends, after those gathered before."""
+        gathering = self._gathering
+        assert gathering is not None, "frames are gathered only after a turn's first broadcast"
+        for listener in listeners:
+            gathered = listener.gathered
+            if gathered is None:
+                listener.gathered = [data]
+                gathering.append(listener)
+            else:
+                gathered.append(data)
+        return len(listeners)
+
+    def _send(self, listener: L, data: bytes) -> None:
+        """Write a frame of the positioned share now, or gather it if the turn has others."""
+        if self._gathering is None:
+            listener.write(data)
+        else:
+            self._gather([listener], data)
+
+    def _end_turn(self) -> None:
+        """Write each listener's gathered frames as one write; those closed meanwhile wrote
+        theirs before their close (`write_gathered`), or are gone."""
+        gathering, self._gathering = self._gathering or [], None
+        for listener in gathering:
+            frames = listener.gathered
+            if frames is None:
+                continue
+            listener.gathered = None
+            if not listener.closed:
+                listener.write(frames[0] if len(frames) == 1 else b"".join(frames))
 
     def _deliver_to_streams(self, channels: Sequence[str], payload: bytes) -> int:
         """The event streams' share, history off: one event for all of them, with no `id:`,
         since theirs never changes (every channel at a position not known)."""
         if len(channels) == 1:
-            members = self._streams.get(channels[0])
-            writes = list(members.values()) if members else []
+            members = self._streams.get(channels[0]) or {}
         else:
-            merged: dict[L, Callable[[bytes], object]] = {}
+            members = {}
             for channel in channels:
-                merged.update(self._streams.get(channel, {}))
-            writes = list(merged.values())
-        if writes:
-            data = event(payload)
-            for write in writes:
-                write(data)
+                members.update(self._streams.get(channel, {}))
+        if not members:
+            return 0
+        data = event(payload)
+        if self._gathering is not None:
+            return self._gather(list(members), data)
+        writes = list(members.values())
+        for write in writes:
+            write(data)
         return len(writes)
 
     def _deliver_positioned(
@@ -261,14 +326,14 @@ class ChannelRegistry(Generic[L]):
                 cursor = listener.cursor
                 if cursor is None:
                     frame = frame or text_frame(body)
-                    listener.write(frame)
+                    self._send(listener, frame)
                     continue
                 made = events.get((cursor.layout, cursor.id))
                 if made is None:
                     after = cursor.advanced(positions)
                     made = events[cursor.layout, cursor.id] = (id_event(body, after.id), after)
                 listener.cursor = made[1]
-                listener.write(made[0])
+                self._send(listener, made[0])
             return len(recipients)
         merged: dict[L, object] = {}
         for channel in channels:
@@ -290,7 +355,7 @@ class ChannelRegistry(Generic[L]):
                 own_frame = frames.get(heard)
                 if own_frame is None:
                     own_frame = frames[heard] = text_frame(own_body[0])
-                listener.write(own_frame)
+                self._send(listener, own_frame)
                 continue
             key = (heard, cursor.layout, cursor.id)
             made = stream_events.get(key)
@@ -298,5 +363,5 @@ class ChannelRegistry(Generic[L]):
                 after = cursor.advanced(own_body[1])
                 made = stream_events[key] = (id_event(own_body[0], after.id), after)
             listener.cursor = made[1]
-            listener.write(made[0])
+            self._send(listener, made[0])
         return len(merged)
