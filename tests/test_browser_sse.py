@@ -26,7 +26,9 @@ from tests.test_browser import README, ApplicationServer, browser, figure
 __all__ = ["browser"]  # the fixture, shared with the other browser tests
 
 SECTION = "## Server-sent events: EventSource and curl"
-HISTORY = {"BIFROST_HISTORY_SIZE": "200"}
+# Enough for every message sent while a node is down: one authenticate recovers at most
+# this many in all, over both channels.
+HISTORY = {"BIFROST_HISTORY_SIZE": "1000"}
 CHANNELS = ["user:1", "global"]
 # What the page logged: every message, every reload of a channel's state.
 MESSAGES = "window.logged.filter((line) => line.startsWith('Bifrost msg: new_item '))"
