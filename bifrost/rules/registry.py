@@ -229,20 +229,7 @@ class ChannelRegistry(Generic[L]):
         The loop walks a copy: a write that takes a socket over its backlog bound closes it,
         and a closing socket leaves its channels there and then.
         """
-        frame = text_frame(payload)
-        if len(channels) == 1:
-            members = self._channels.get(channels[0]) or {}
-        else:
-            members = {}
-            for channel in channels:
-                members.update(self._channels.get(channel, {}))
-        if self._gathering is None:
-            writes = list(members.values())
-            for write in writes:
-                write(frame)
-            delivered = len(writes)
-        else:
-            delivered = self._gather(list(members), frame)
+        delivered = self._hand(_members(self._channels, channels), text_frame(payload))
         if self._streams:
             delivered += self._deliver_to_streams(channels, payload)
         if positions is not None and self._positioned:
@@ -252,6 +239,17 @@ class ChannelRegistry(Generic[L]):
             self._gathering = []
             self._defer(self._end_turn)
         return delivered
+
+    def _hand(self, members: dict[L, Callable[[bytes], object]], data: bytes) -> int:
+        """Write `data` to each member now, or gather it when the turn has had a broadcast;
+        return how many took it. The write walks a copy: a write can close its socket, which
+        leaves its channels there and then."""
+        if self._gathering is not None:
+            return self._gather(list(members), data)
+        writes = list(members.values())
+        for write in writes:
+            write(data)
+        return len(writes)
 
     def _gather(self, listeners: list[L], data: bytes) -> int:
         """Keep a frame for each listener until the turn ends, after those gathered before."""
@@ -288,21 +286,8 @@ class ChannelRegistry(Generic[L]):
     def _deliver_to_streams(self, channels: Sequence[str], payload: bytes) -> int:
         """The event streams' share, history off: one event for all of them, with no `id:`,
         since theirs never changes (every channel at a position not known)."""
-        if len(channels) == 1:
-            members = self._streams.get(channels[0]) or {}
-        else:
-            members = {}
-            for channel in channels:
-                members.update(self._streams.get(channel, {}))
-        if not members:
-            return 0
-        data = event(payload)
-        if self._gathering is not None:
-            return self._gather(list(members), data)
-        writes = list(members.values())
-        for write in writes:
-            write(data)
-        return len(writes)
+        members = _members(self._streams, channels)
+        return self._hand(members, event(payload)) if members else 0
 
     def _deliver_positioned(
         self, channels: Sequence[str], payload: bytes, positions: MessagePositions
@@ -335,9 +320,7 @@ class ChannelRegistry(Generic[L]):
                 listener.cursor = made[1]
                 self._send(listener, made[0])
             return len(recipients)
-        merged: dict[L, object] = {}
-        for channel in channels:
-            merged.update(self._positioned.get(channel, {}))
+        merged = _members(self._positioned, channels)
         bodies: dict[tuple[str, ...], tuple[bytes, list[tuple[str, Position]]]] = {}
         frames: dict[tuple[str, ...], bytes] = {}
         stream_events: dict[tuple[tuple[str, ...], IdLayout, str], tuple[bytes, Cursor]] = {}
@@ -365,3 +348,16 @@ class ChannelRegistry(Generic[L]):
             listener.cursor = made[1]
             self._send(listener, made[0])
         return len(merged)
+
+
+def _members(
+    group: dict[str, dict[L, Callable[[bytes], object]]], channels: Sequence[str]
+) -> dict[L, Callable[[bytes], object]]:
+    """The listeners of a group that hear any of the channels, each once (for one channel,
+    the group's own mapping, which the caller copies before writing)."""
+    if len(channels) == 1:
+        return group.get(channels[0]) or {}
+    merged: dict[L, Callable[[bytes], object]] = {}
+    for channel in channels:
+        merged.update(group.get(channel, {}))
+    return merged
