@@ -10,10 +10,8 @@ from bifrost.rules.history import (
     Entry,
     plan_recovery,
     positioned_json,
-    positioned_message,
 )
 from bifrost.rules.positions import Position, since_problem
-from bifrost.rules.protocol import text_frame
 
 
 def message(number: int, **offsets: int) -> Entry:
@@ -126,9 +124,6 @@ def test_a_positioned_message_is_its_json_and_its_positions():
     [entry] = recovery.messages([], {"a"})
     assert positioned_json(entry.payload, entry.positions) == (
         b'{"event":"m","data":1,"positions":{"a":{"epoch":"e","offset":1}}}'
-    )
-    assert positioned_message(entry.payload, entry.positions) == text_frame(
-        positioned_json(entry.payload, entry.positions)
     )
 
 

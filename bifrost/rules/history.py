@@ -18,7 +18,6 @@ from dataclasses import dataclass
 import orjson
 
 from bifrost.rules.positions import MessagePositions, Position
-from bifrost.rules.protocol import text_frame
 
 __all__ = [
     "ChannelSnapshot",
@@ -26,7 +25,6 @@ __all__ = [
     "Recovery",
     "plan_recovery",
     "positioned_json",
-    "positioned_message",
     "positioned_subscribed_json",
     "positions_json",
     "unpositioned_subscribed_json",
@@ -197,11 +195,6 @@ def positioned_json(payload: bytes, positions: Iterable[tuple[str, Position]]) -
     so that the message is never decoded and encoded again.
     """
     return payload[:-1] + b',"positions":' + positions_json(positions) + b"}"
-
-
-def positioned_message(payload: bytes, positions: Iterable[tuple[str, Position]]) -> bytes:
-    """The websocket frame of a message for positioned sockets."""
-    return text_frame(positioned_json(payload, positions))
 
 
 def positioned_subscribed_json(channel: str, position: Position, recovered: bool | None) -> bytes:
