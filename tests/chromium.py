@@ -25,6 +25,7 @@ from PIL import Image
 
 __all__ = [
     "ARTIFACTS",
+    "PAGE_SCRIPT",
     "BrowserPage",
     "assert_not_blank",
     "require_browser",
@@ -37,6 +38,20 @@ LAUNCH_TIMEOUT = 30.0
 COMMAND_TIMEOUT = 15.0
 # Antialiased text alone brings dozens of colours; a blank or single-colour page has one.
 MIN_COLOURS = 8
+# What an application page that runs the README's code defines before it: the function the
+# code calls for a channel it could not recover, and a console.log that also keeps each line
+# in `window.logged` (for the test) and on the page (for its screenshot, in `#log`).
+PAGE_SCRIPT = """\
+// The application's own, which the README's code calls for a channel it could not recover.
+function reloadChannel(channel) { console.log("Reloading state of", channel); }
+window.logged = [];
+const printLog = console.log.bind(console);
+console.log = (...args) => {
+  const line = args.map((a) => (typeof a === "string" ? a : JSON.stringify(a))).join(" ");
+  window.logged.push(line);
+  document.getElementById("log").textContent += line + "\\n";
+  printLog(...args);
+};"""
 
 
 def require_browser() -> None:

@@ -17,7 +17,13 @@ import pytest
 from websockets.sync.client import connect
 
 from bifrost.client import BifrostClient
-from tests.chromium import BROWSER_DIR, BrowserPage, assert_not_blank, require_browser
+from tests.chromium import (
+    BROWSER_DIR,
+    PAGE_SCRIPT,
+    BrowserPage,
+    assert_not_blank,
+    require_browser,
+)
 from tests.live import SECRET, BifrostServer, subscribe_token
 from tests.redis_server import RedisServer
 
@@ -116,16 +122,7 @@ def snippet_page(snippet: str, ws_base: str) -> str:
 </script>
 <script>
 var BIFROST_WSS_URL = {json.dumps(ws_base)};
-// The application's own, which the history code calls for a channel it could not recover.
-function reloadChannel(channel) {{ console.log("Reloading state of", channel); }}
-window.logged = [];
-const printLog = console.log.bind(console);
-console.log = (...args) => {{
-  const line = args.map((a) => (typeof a === "string" ? a : JSON.stringify(a))).join(" ");
-  window.logged.push(line);
-  document.getElementById("log").textContent += line + "\\n";
-  printLog(...args);
-}};
+{PAGE_SCRIPT}
 </script>
 <script type="module">
 {snippet}

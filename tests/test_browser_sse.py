@@ -18,7 +18,7 @@ from typing import Any
 from websockets.sync.client import connect
 
 from bifrost.client import BifrostClient
-from tests.chromium import BrowserPage, assert_not_blank
+from tests.chromium import PAGE_SCRIPT, BrowserPage, assert_not_blank
 from tests.live import SECRET, BifrostServer, subscribe_token
 from tests.redis_server import RedisServer
 from tests.test_browser import README, ApplicationServer, browser, figure
@@ -52,16 +52,7 @@ def stream_page(snippet: str, live: BifrostServer) -> bytes:
 <html lang="en"><head><meta charset="utf-8"><title>The README's EventSource code</title>
 <script>
 var BIFROST_URL = {json.dumps(live.url)};
-// The application's own, which the README's code calls for a channel it could not recover.
-function reloadChannel(channel) {{ console.log("Reloading state of", channel); }}
-window.logged = [];
-const printLog = console.log.bind(console);
-console.log = (...args) => {{
-  const line = args.map((a) => (typeof a === "string" ? a : JSON.stringify(a))).join(" ");
-  window.logged.push(line);
-  document.getElementById("log").textContent += line + "\\n";
-  printLog(...args);
-}};
+{PAGE_SCRIPT}
 </script>
 <script type="module">
 {snippet}
