@@ -272,7 +272,7 @@ class RedisBroker(Broker):
                 pipe.publish(names.channel(channel), data)
             return sum(await pipe.execute()), None
         channels = envelope.channels
-        keys = [key for c in channels for key in (names.meta(c), names.stream(c))]
+        keys = names.history_keys(channels)
         head = envelope_head(envelope.id, envelope.reply, channels)
         args: list[bytes | str | int] = [
             self._history.size,
@@ -307,7 +307,7 @@ class RedisBroker(Broker):
         for channel in channels:
             position = since.get(channel)
             args += [new_epoch(), *((position.epoch, position.offset) if position else ("", 0))]
-        keys = [key for c in channels for key in (names.meta(c), names.stream(c))]
+        keys = names.history_keys(channels)
         try:
             async with asyncio.timeout(COMMAND_TIMEOUT):
                 replies = await self._snapshot_script(keys=keys, args=args)

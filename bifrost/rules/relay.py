@@ -80,6 +80,11 @@ class RedisNames:
         """The hash with the epoch and top offset of the channel's stream."""
         return f"{self.prefix}meta:{channel}".encode(errors="surrogatepass")
 
+    def history_keys(self, channels: Iterable[str]) -> list[bytes]:
+        """The meta hash and the stream of each channel, in pairs: the keys both history
+        scripts take, in the order they read them."""
+        return [key for c in channels for key in (self.meta(c), self.stream(c))]
+
     def node(self, node: str) -> str:
         """The hash holding a node's heartbeat figures."""
         return f"{self.prefix}node:{node}"
