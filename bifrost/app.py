@@ -45,6 +45,7 @@ from bifrost.rules.tokens import TokenVerifier
 from bifrost.service import BifrostContext, Service, context_of, service_of
 from bifrost.signals import (
     ignore_signals_while_stopping,
+    release_stop_signals,
     stop_server_on_signals,
     stop_workers_on_signals,
 )
@@ -80,6 +81,7 @@ def create_app(settings: Settings | None = None, name: str = "bifrost") -> Sanic
     _configure_sanic(app, settings)
     app.blueprint(all_blueprints)
     app.on_request(api_pages_in_development_only)
+    app.main_process_start(release_stop_signals)
     app.main_process_start(check_start_up)
     app.main_process_ready(stop_workers_on_signals)
     app.before_server_start(stop_server_on_signals)

@@ -31,6 +31,7 @@ from sanic.server import HttpProtocol
 from bifrost import metrics
 from bifrost.rules.admission import REFUSAL_HEADROOM, closed_unanswered
 from bifrost.service import BifrostContext, service_of
+from bifrost.signals import hold_stop_signals
 
 __all__ = ["BifrostSanic", "BoundedHttpProtocol", "close_after_answer", "open_connections"]
 
@@ -128,9 +129,13 @@ def close_after_answer(request: Request) -> None:
 
 
 class BifrostSanic(Sanic[Config, BifrostContext]):
-    """The application class: serves with `BoundedHttpProtocol` unless told another."""
+    """The application class: serves with `BoundedHttpProtocol` unless told another, and
+    holds the stop signals until its worker manager's state is safe from them."""
 
     def prepare(
         self, *args: Any, protocol: type[asyncio.Protocol] | None = None, **kwargs: Any
     ) -> None:
         super().prepare(*args, protocol=protocol or BoundedHttpProtocol, **kwargs)
+        if not kwargs.get("single_process"):
+            # Released by `release_stop_signals`, the main process's first listener.
+            hold_stop_signals()

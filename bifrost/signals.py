@@ -11,6 +11,14 @@ reaches a worker twice, from the sender and again from the main process stopping
 worker is stopping, a further signal is ignored, so that its sockets still hear 1012 and the
 broadcasts in flight are answered (the closing handshakes and Sanic's graceful timeout bound
 the shutdown, and a second signal to the main process kills every process at once).
+
+Sanic's main process keeps its workers' state in a `multiprocessing.Manager`, a child process
+of the same group, which it starts before any listener runs; a signal to the group killed that
+child while the main process still needed it for the shutdown ("Broken pipe", exit 1). The stop
+signals are therefore blocked from `BifrostSanic.prepare` until `main_process_start`, the
+moment after the Manager is started: the Manager inherits the blocked mask and leaves the
+shutdown to the main process (which ends it), while a signal the main process got meanwhile is
+delivered as soon as they are released.
 """
 
 from __future__ import annotations
@@ -19,13 +27,16 @@ import asyncio
 import logging
 import signal
 from functools import partial
+from multiprocessing import resource_tracker
 from typing import Any
 
 from sanic import Sanic
 
 __all__ = [
     "STOP_SIGNALS",
+    "hold_stop_signals",
     "ignore_signals_while_stopping",
+    "release_stop_signals",
     "stop_server_on_signals",
     "stop_workers_on_signals",
 ]
@@ -37,6 +48,19 @@ SANIC_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # Given the same handlers here.
 EXTRA_STOP_SIGNALS = (signal.SIGHUP, signal.SIGQUIT)
 STOP_SIGNALS = SANIC_STOP_SIGNALS + EXTRA_STOP_SIGNALS
+
+
+def hold_stop_signals() -> None:
+    """Before Sanic starts its Manager: the stop signals wait, in this process and its children."""
+    # Starting multiprocessing's resource tracker unblocks INT and TERM in the process that
+    # starts it; the Manager would start it after this. Started first, it leaves the mask be.
+    resource_tracker.ensure_running()
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+
+
+async def release_stop_signals(app: Sanic[Any, Any]) -> None:
+    """Once the Manager runs: this process hears the stop signals again, those held included."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 async def stop_workers_on_signals(app: Sanic[Any, Any]) -> None:
