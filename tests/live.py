@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -26,13 +27,23 @@ __all__ = [
 SECRET = "test-secret-" + "x" * 52
 STARTUP_TIMEOUT = 20.0
 MAIN_PROCESS_SETTLE = 0.5
+EPHEMERAL_PORTS = Path("/proc/sys/net/ipv4/ip_local_port_range")
+FIRST_TEST_PORT = 20_000
 
 
 def free_port() -> int:
-    """A loopback port nobody listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """A loopback port nobody listens on right now, below the kernel's range of ephemeral ports:
+    there, no client socket opened meanwhile (by the tests or anything else on the machine) can
+    take it before the server binds it."""
+    lowest_ephemeral = int(EPHEMERAL_PORTS.read_text().split()[0])
+    while True:
+        port = random.randrange(FIRST_TEST_PORT, lowest_ephemeral)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
 
 
 def subscribe_token(channels: Sequence[str], secret: str = SECRET, **claims: Any) -> str:
