@@ -1,9 +1,10 @@
 """Sends the broadcasts of a run over keep-alive connections, as a backend application would.
 
 Order is defined only per channel and only for a sender that waits for each answer, so the
-broadcaster keeps at most one POST in flight per channel (the next sequence number goes out
-once the previous one is answered) and up to `connections` in flight overall. Each message
-carries its channel, its sequence number and its send time, taken just before the token is
+broadcaster keeps at most one POST in flight per lane of a channel (the next sequence number
+goes out once the previous one is answered) and up to `connections` in flight overall; a
+channel has one lane unless the scenario asks for more. Each message carries its channel, its
+lane, its sequence number in that lane and its send time, taken just before the token is
 signed (a constant ~20 µs of signing is thus part of every latency, for both servers alike).
 """
 
@@ -49,11 +50,20 @@ class BroadcastOutcome:
             self.errors.append(error)
 
 
-def _signed(secret: str, channel: str, seq: int, padding: str) -> tuple[int, str]:
-    """The send time and the broadcast token of message `seq` of `channel`."""
+def _signed(secret: str, channel: str, seq: int, padding: str, lane: int = 0) -> tuple[int, str]:
+    """The send time and the broadcast token of message `seq` of `channel`'s `lane`."""
     sent_ns = time.monotonic_ns()
-    message = {"event": BENCH_EVENT, "data": {"c": channel, "s": seq, "t": sent_ns, "p": padding}}
-    return sent_ns, broadcast_token(secret, channel, message)
+    data = {"c": channel, "l": lane, "s": seq, "t": sent_ns, "p": padding}
+    return sent_ns, broadcast_token(secret, channel, {"event": BENCH_EVENT, "data": data})
+
+
+def _lanes(per_channel: dict[str, int], lanes: int) -> dict[tuple[str, int], int]:
+    """How many of each channel's broadcasts each of its `lanes` sends, round-robin."""
+    return {
+        (channel, lane): n // lanes + (lane < n % lanes)
+        for channel, n in per_channel.items()
+        for lane in range(lanes)
+    }
 
 
 def spread(broadcasts: int, channels: list[str]) -> dict[str, int]:
@@ -75,6 +85,7 @@ async def broadcast_all(
     rate: float = 0.0,
     request_timeout_s: float = REQUEST_TIMEOUT_S,
     exact_deliveries: bool = True,
+    lanes: int = 1,
 ) -> BroadcastOutcome:
     """POST every planned broadcast; check each answer's deliveries against `subscribers`.
 
@@ -86,10 +97,14 @@ async def broadcast_all(
     POST i goes to `http_urls[i % len(http_urls)]`, as a round-robin load balancer in front of
     several nodes would send it: spreading connections instead would not spread POSTs, since
     with one channel (one POST in flight) the sender that got the first keeps every later one.
+    With `lanes` > 1, each channel's broadcasts are split over that many lanes, each its own
+    sequence with one POST in flight: several POSTs of one channel then reach the server at
+    once, and order is only defined within a lane, which the clients check.
     """
     padding = "x" * padding_bytes
-    ready: deque[str] = deque(c for c, n in per_channel.items() if n > 0)
-    sent = dict.fromkeys(per_channel, 0)
+    per_lane = _lanes(per_channel, max(1, lanes))
+    ready: deque[tuple[str, int]] = deque(key for key, n in per_lane.items() if n > 0)
+    sent = dict.fromkeys(per_lane, 0)
     remaining = sum(per_channel.values())
     wake = asyncio.Event()
     outcome = BroadcastOutcome()
@@ -105,8 +120,8 @@ async def broadcast_all(
                     wake.clear()
                     await wake.wait()
                     continue
-                channel = ready.popleft()
-                seq = sent[channel]
+                channel, lane = key = ready.popleft()
+                seq = sent[key]
                 index, taken = taken, taken + 1
                 client = clients[index % len(clients)]
                 if rate > 0:
@@ -114,7 +129,7 @@ async def broadcast_all(
                     delay_s = due_s - time.monotonic()
                     if delay_s > 0:
                         await asyncio.sleep(delay_s)
-                sent_ns, token = _signed(secret, channel, seq, padding)
+                sent_ns, token = _signed(secret, channel, seq, padding, lane)
                 if outcome.first_post_ns == 0:
                     outcome.first_post_ns = sent_ns
                 try:
@@ -133,17 +148,19 @@ async def broadcast_all(
                 outcome.last_answer_ns = time.monotonic_ns()
                 outcome.posted += 1
                 if status != 200 or not isinstance(body, dict) or body.get("message") != "Success":
-                    outcome.note(f"POST /broadcast {channel}#{seq}: {status} {body!r}")
+                    outcome.note(f"POST /broadcast {channel}/{lane}#{seq}: {status} {body!r}")
                 else:
                     got = int(body.get("deliveries", -1))
                     want = subscribers.get(channel, 0)
                     outcome.deliveries += got
                     if got < want or (exact_deliveries and got != want):
-                        outcome.note(f"{channel}#{seq}: deliveries {got} for {want} subscribers")
-                sent[channel] = seq + 1
+                        outcome.note(
+                            f"{channel}/{lane}#{seq}: deliveries {got} for {want} subscribers"
+                        )
+                sent[key] = seq + 1
                 remaining -= 1
-                if sent[channel] < per_channel[channel]:
-                    ready.append(channel)
+                if sent[key] < per_lane[key]:
+                    ready.append(key)
                 wake.set()
         finally:
             wake.set()

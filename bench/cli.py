@@ -35,7 +35,7 @@ SUMMARY_METRICS = (
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--scenarios", default="a,b,c,d,e,f,g", help="comma-separated keys (default: all)"
+        "--scenarios", default="a,b,c,d,e,f,g,h", help="comma-separated keys (default: all)"
     )
     parser.add_argument("--quick", action="store_true", help="small numbers, one run: a smoke test")
     parser.add_argument(

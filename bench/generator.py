@@ -10,8 +10,10 @@ what the servers can show, and drives them over a pipe with four commands:
 - `close`: disconnect everything and exit.
 
 Each client runs on picows, whose per-frame cost is a small fraction of any server's, and does
-only what correctness needs per frame: one JSON parse, one sequence check, one latency sample,
-and for positioned clients one position check and the `Object.assign` of the protocol's client.
+only what correctness needs per frame: one JSON parse, one sequence check (per lane of the
+channel: order is defined only among the POSTs of one sender that waits for each answer), one
+latency sample, and for positioned clients one position check and the `Object.assign` of the
+protocol's client.
 """
 
 from __future__ import annotations
@@ -145,7 +147,8 @@ class Subscriber(WSListener):  # type: ignore[misc]
         self.layout = layout
         self.node = node
         self.auth_frame = orjson.dumps({"event": "authenticate", "data": token})
-        self.next_seq = dict.fromkeys(channels, 0)
+        # Per channel, the next sequence number of each of its lanes that has sent anything.
+        self.next_seq: dict[str, dict[int, int]] = {c: {} for c in channels}
         self.since: dict[str, Any] = {}
         self.pending_subscriptions = len(self.next_seq)
         self.subscribed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -194,19 +197,20 @@ class Subscriber(WSListener):  # type: ignore[misc]
     def _on_broadcast(self, message: dict[str, Any], now: int) -> None:
         tally = self.tally
         data = message["data"]
-        channel, seq = data["c"], data["s"]
-        expected = self.next_seq.get(channel)
-        if expected is None:
+        channel, lane, seq = data["c"], data["l"], data["s"]
+        lanes = self.next_seq.get(channel)
+        if lanes is None:
             tally.protocol_errors += 1
             tally.note(f"frame for channel {channel} the client did not subscribe to")
             return
+        expected = lanes.get(lane, 0)
         if seq != expected:
             if seq < expected:
                 tally.duplicates += 1
             else:
                 tally.out_of_order += 1
                 tally.skipped += seq - expected
-        self.next_seq[channel] = seq + 1
+        lanes[lane] = seq + 1
         if self.layout.positioned:
             self._check_positions(message, channel, seq)
         returned = self.returned
@@ -397,8 +401,8 @@ class Generator:
         with None, the counts come with `collect` (broadcasts sent until told to stop)."""
         target = -1 if per_channel is None else self._target(per_channel)
         for client in self.clients:
-            for channel in client.next_seq:
-                client.next_seq[channel] = 0
+            for lanes in client.next_seq.values():
+                lanes.clear()
         self.expected = per_channel or {}
         self.tally.arm(target)
         self.cpu0, self.wall0 = time.process_time(), time.monotonic()
@@ -443,11 +447,10 @@ class Generator:
         cpu, wall = time.process_time() - self.cpu0, time.monotonic() - self.wall0
         incomplete = misplaced = missing = 0
         for client in self.clients:
-            if any(seq != self.expected.get(c, 0) for c, seq in client.next_seq.items()):
+            received = {c: sum(lanes.values()) for c, lanes in client.next_seq.items()}
+            if any(n != self.expected.get(c, 0) for c, n in received.items()):
                 incomplete += 1
-                missing += sum(
-                    max(0, self.expected.get(c, 0) - seq) for c, seq in client.next_seq.items()
-                )
+                missing += sum(max(0, self.expected.get(c, 0) - n) for c, n in received.items())
             if last_positions and any(
                 client.since.get(c) != last_positions[c]
                 for c in client.next_seq

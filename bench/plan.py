@@ -12,9 +12,10 @@ from dataclasses import dataclass
 __all__ = ["BENCH_EVENT", "Layout", "channel_name"]
 
 BENCH_EVENT = "bench"
-"""The event name of every broadcast the bench sends; its data is {"c", "s", "t", "p"}:
-channel, sequence number in that channel, send time (CLOCK_MONOTONIC ns, which all processes
-of one machine share) and padding."""
+"""The event name of every broadcast the bench sends; its data is {"c", "l", "s", "t", "p"}:
+channel, lane (0 unless several POSTs of the channel are in flight at once), sequence number in
+that lane, send time (CLOCK_MONOTONIC ns, which all processes of one machine share) and
+padding."""
 
 
 def channel_name(index: int) -> str:

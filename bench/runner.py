@@ -68,7 +68,13 @@ def percentile(ordered: array[int] | list[int], fraction: float) -> int:
 
 
 async def _stats(http: KeepAliveClient) -> dict[str, Any]:
-    status, body = await http.get_json("/info.json")
+    try:
+        status, body = await http.get_json("/info.json")
+    except (asyncio.IncompleteReadError, ConnectionResetError):
+        # The server's keep-alive timeout (5 s) closed the idle connection as the request went
+        # out, after a broadcast phase about that long: ask again on a new one.
+        await http.close()
+        status, body = await http.get_json("/info.json")
     if status != 200 or not isinstance(body, dict) or "stats" not in body:
         raise RuntimeError(f"/info.json answered {status} {body!r}")
     return dict(body["stats"])
@@ -182,6 +188,7 @@ async def _broadcast(
         connections=scenario.http_connections,
         padding_bytes=options.padding_bytes,
         rate=rate,
+        lanes=scenario.lanes,
     )
     replies = await swarm.collect(options.collect_timeout_s)
     after = server.sample()

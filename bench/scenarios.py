@@ -3,7 +3,8 @@
 A scenario names the topologies it compares (`subject`, `baseline` and any `others`, keys of
 `bench.servers.TOPOLOGIES`): (a)-(d) Bifröst against the Node reference, (e) two Bifröst nodes
 through Redis against one Bifröst process, (f) and (g) Bifröst with history on and positioned
-subscribers against history off and the reference, each in the same run.
+subscribers against history off and the reference, (h) bursts (broadcasts from several
+connections at once) against the reference, each in the same run.
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ CAPACITY_HEADROOM = 100
 PACED_RATE = 20.0
 """Broadcasts per second of the paced latency phase: 40,000 frames/s at 2,000 subscribers, about
 a third of what either server delivers flat out here, so neither is saturated."""
+
+BURST_LANES = 8
+"""POSTs in flight at once on the burst scenario's one channel, each on its own connection, so
+that the server reads several of them in one loop turn: the case coalesced writes are for."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +47,8 @@ class Scenario:
     paced_broadcasts: int = 0
     paced_rate: float = 0.0
     http_connections: int = 4
+    # POSTs in flight per channel, each lane its own sequence, which the clients check.
+    lanes: int = 1
     subject: str = "bifrost"
     baseline: str = "reference"
     others: tuple[str, ...] = ()
@@ -64,14 +71,15 @@ def build_scenarios(*, quick: bool, open_file_limit: int) -> dict[str, Scenario]
     """Every scenario by key, sized for a full run or for a smoke test."""
     capacity_target = max(1000, open_file_limit - CAPACITY_HEADROOM)
     if quick:
-        fanout, spread_subs, spread_broadcasts, idle, climb = 300, 300, 200, 1000, _climb(2000, 3)
-        fanout_broadcasts, channels, paced = 20, 10, 20
+        fanout_subs, spread_subs, spread_broadcasts, idle = 300, 300, 200, 1000
+        climb = _climb(2000, 3)
+        fanout_broadcasts, channels, paced, burst_broadcasts = 20, 10, 20, 80
     else:
-        fanout, spread_subs, spread_broadcasts, idle = 2000, 2000, 2000, 10_000
+        fanout_subs, spread_subs, spread_broadcasts, idle = 2000, 2000, 2000, 10_000
         climb = _climb(capacity_target, 5)
-        fanout_broadcasts, channels, paced = 200, 100, 100
+        fanout_broadcasts, channels, paced, burst_broadcasts = 200, 100, 100, 800
     fanout_title = (
-        f"fan-out: {fanout} subscribers x {fanout_broadcasts} broadcasts, one channel "
+        f"fan-out: {fanout_subs} subscribers x {fanout_broadcasts} broadcasts, one channel "
         f"(+ {paced} paced at {PACED_RATE:g}/s for latency)"
     )
     spread_title = (
@@ -81,7 +89,7 @@ def build_scenarios(*, quick: bool, open_file_limit: int) -> dict[str, Scenario]
     fanout = Scenario(
         "a",
         fanout_title,
-        (fanout,),
+        (fanout_subs,),
         1,
         fanout_broadcasts,
         throughput=True,
@@ -132,6 +140,16 @@ def build_scenarios(*, quick: bool, open_file_limit: int) -> dict[str, Scenario]
             subject="bifrost-history",
             baseline="bifrost",
             others=("reference",),
+        ),
+        replace(
+            fanout,
+            key="h",
+            title=f"bursts: {fanout_subs} subscribers, one channel, {burst_broadcasts} broadcasts "
+            f"from {BURST_LANES} HTTP connections at once, each as fast as answered",
+            broadcasts=burst_broadcasts,
+            paced_broadcasts=0,
+            http_connections=BURST_LANES,
+            lanes=BURST_LANES,
         ),
     ]
     return {s.key: s for s in scenarios}
