@@ -416,3 +416,16 @@ async def test_positioned_sockets_are_sent_to_recover_when_redis_is_lost(
     await broadcast(live, "after", "room")
     assert await reader.messages(1) == ["after"]
     await reader.close()
+
+
+async def test_many_recoveries_at_once_all_succeed(node: Node):
+    """A reconnect storm: 300 positioned sockets authenticating at the same moment each get
+    their `subscribed` frame, none is closed to try again later (on Redis, more snapshots in
+    flight than the broker's connections wait for one instead of failing)."""
+    live = node()
+    await broadcast(live, "kept", "storm")
+    readers = [Reader(["storm"]) for _ in range(300)]
+    for reader in readers:
+        reader.since = {"storm": {"epoch": "unknown", "offset": 0}}
+    await asyncio.gather(*(reader.connect(live) for reader in readers))
+    await asyncio.gather(*(reader.close() for reader in readers))

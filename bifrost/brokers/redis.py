@@ -80,6 +80,9 @@ logger = logging.getLogger("bifrost.redis")
 # A command that takes longer means Redis is unreachable: a broadcast is refused with 503,
 # and a socket whose channels Redis has not confirmed by then is closed with 1013.
 COMMAND_TIMEOUT = 2.0
+# Connections for commands (publishes, snapshots, subscriptions) of one node; more in flight
+# wait, within COMMAND_TIMEOUT, for one of them.
+COMMAND_CONNECTIONS = 64
 # How long a publisher waits for the answers of the nodes that received its broadcast.
 REPLY_TIMEOUT = 5.0
 # The listener pings its connection this often, and gives it up after this many in a row
@@ -131,7 +134,18 @@ class RedisBroker(Broker):
             "socket_timeout": COMMAND_TIMEOUT,
             "socket_connect_timeout": COMMAND_TIMEOUT,
         }
-        self._commands = redis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), **options)
+        # redis-py's default pool fails a command at once past its connections ("Too many
+        # connections"): in a reconnect storm, hundreds of snapshots in flight closed their
+        # sockets with 1013. A blocking pool makes a command wait for a free connection.
+        self._commands = redis.Redis.from_pool(
+            redis.BlockingConnectionPool.from_url(
+                url,
+                max_connections=COMMAND_CONNECTIONS,
+                timeout=COMMAND_TIMEOUT,
+                retry=Retry(NoBackoff(), 0),
+                **options,
+            )
+        )
         self._listening = redis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), **options)
         self._publish_script = self._commands.register_script(PUBLISH_SCRIPT)
         self._snapshot_script = self._commands.register_script(SNAPSHOT_SCRIPT)
