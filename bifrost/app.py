@@ -28,6 +28,7 @@ from bifrost.errors import JSONErrorHandler
 from bifrost.limits import raise_open_file_limit, widen_accept_queues
 from bifrost.logs import configure_logging, redact_query_tokens, sanic_log_config
 from bifrost.reaper import reap_idle_sockets
+from bifrost.rules.admission import REFUSAL_HEADROOM
 from bifrost.rules.devmode import first_steps
 from bifrost.rules.protocol import TRY_AGAIN_LATER
 from bifrost.rules.registry import ChannelRegistry
@@ -63,6 +64,8 @@ KEEP_ALIVE_SECONDS = 5
 # Sanic runs the listeners of a server's stop by ascending priority (those of its start by
 # descending): below every blueprint's, the service begins to stop before they close anything.
 BEGIN_STOPPING_PRIORITY = -100
+# The accept queue Sanic listens with.
+SANIC_BACKLOG = 100
 
 
 def create_app(settings: Settings | None = None, name: str = "bifrost") -> Sanic[Any, Any]:
@@ -148,9 +151,11 @@ async def open_service(app: Sanic[Any, Any]) -> None:
 
 
 async def widen_accept_queue(app: Sanic[Any, Any]) -> None:
-    """Queue as many connections on the listening socket as the process may hold, so that a
-    reconnect storm waits in the kernel instead of being dropped (`bifrost.limits`)."""
-    if not widen_accept_queues(service_of(app).settings.max_connections):
+    """Queue as many connections on the listening socket as the process may hold, those it
+    answers 503 included, so that a reconnect storm waits in the kernel instead of being
+    dropped (`bifrost.limits`); never fewer than Sanic's own queue."""
+    held = service_of(app).settings.max_connections + REFUSAL_HEADROOM
+    if not widen_accept_queues(max(held, SANIC_BACKLOG)):
         logger.warning("no listening socket found: the accept queue stays at Sanic's 100")
 
 

@@ -42,8 +42,15 @@ def listen_backlog(port: int) -> int:
 
 @pytest.mark.parametrize("args", [("--single-process",), ()], ids=["single-process", "worker"])
 def test_the_accept_queue_holds_a_reconnect_storm(start_server, args):
-    """The listening socket queues as many connections as the process may hold (the kernel
-    capping it), not Sanic's 100: a deploy's reconnecting browsers wait instead of being
-    dropped and retrying seconds later."""
+    """The listening socket queues as many connections as the process may hold, those it
+    answers 503 included (the kernel capping it), not Sanic's 100: a deploy's reconnecting
+    browsers wait instead of being dropped and retrying seconds later."""
     live = start_server({"BIFROST_MAX_CONNECTIONS": "1500"}, args=args, name="backlog")
-    assert listen_backlog(live.port) == min(1500, SOMAXCONN)
+    assert listen_backlog(live.port) == min(1500 + REFUSAL_HEADROOM, SOMAXCONN)
+
+
+def test_a_small_connection_limit_keeps_sanics_accept_queue(start_server):
+    """With room for 5 sockets the queue stays Sanic's 100: connections it would answer 503
+    or close past the headroom must reach it, not be dropped by the kernel."""
+    live = start_server({"BIFROST_MAX_CONNECTIONS": "5"}, name="backlog-small")
+    assert listen_backlog(live.port) == min(100, SOMAXCONN)
