@@ -32,6 +32,7 @@ import logging
 import random
 import uuid
 from collections.abc import Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass
 from functools import partial
 from time import monotonic
 from typing import Any, cast
@@ -95,6 +96,11 @@ HEARTBEAT_TTL = 3
 # The set naming every node outlives its members, and vanishes once a deployment is gone.
 NODES_TTL = 60
 RECONNECT_BACKOFF = (0.1, 0.2, 0.5, 1.0)
+# Channels read by one snapshot script call at most: the snapshots of a loop turn share calls
+# of this size, short enough not to hold Redis up for other clients.
+SNAPSHOT_BATCH = 512
+# What the reply channel carries to mark where a snapshot's read was, beside answers.
+BARRIER_PREFIX = "barrier "
 # How long a stop waits for a cancelled task before it cancels it again.
 CANCEL_RETRY_INTERVAL = 0.1
 
@@ -151,6 +157,9 @@ class RedisBroker(Broker):
         self._snapshot_script = self._commands.register_script(SNAPSHOT_SCRIPT)
         # Per snapshot awaiting its barrier on the reply channel, the end of its wait.
         self._barriers: dict[bytes, asyncio.Future[None]] = {}
+        # Snapshots asked this loop turn, read together at its end, and the reads in flight.
+        self._asked: list[SnapshotAsk] = []
+        self._reads: set[asyncio.Task[None]] = set()
         # Per channel, the subscriptions asked of Redis and the answers owed; commands for the
         # pub/sub connection wait in its outbox, sent in order by the task that owns it.
         self._book: SubscriptionBook[asyncio.Future[None]] = SubscriptionBook(self._new_waiter)
@@ -188,7 +197,7 @@ class RedisBroker(Broker):
         if in_flight:
             await asyncio.wait(in_flight, timeout=REPLY_TIMEOUT)
         self._stopping = True
-        await _cancelled(self._tasks)
+        await _cancelled([*self._tasks, *self._reads])
         if self._answerer is not None:
             # Answers already owed go out, so that no publisher waits for them in vain.
             with contextlib.suppress(TimeoutError):
@@ -302,14 +311,49 @@ class RedisBroker(Broker):
     async def snapshot(
         self, channels: Sequence[str], since: Mapping[str, Position]
     ) -> dict[str, ChannelSnapshot]:
-        """Read the streams in one script, then wait for its barrier to come back through the
-        pub/sub connection, behind every live message published before the read."""
+        """Read the streams, with the other snapshots asked in the same loop turn, in one
+        script call; the reply is used once its barrier has come back through the pub/sub
+        connection, behind every live message published before the read.
+
+        A reconnect storm asks thousands at once: one call per turn spares each its own
+        connection checkout, round trip and barrier.
+        """
         if self._history is None:
             raise RuntimeError("history is off: there are no streams to read")
         if self._unavailable:
             raise BrokerUnavailable(self._unavailable)
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[dict[str, ChannelSnapshot]] = loop.create_future()
+        if not self._asked:
+            loop.call_soon(self._read_asked)
+        self._asked.append(SnapshotAsk(channels, since, answer))
+        return await answer
+
+    def _read_asked(self) -> None:
+        """Read the snapshots asked this turn, in script calls of at most SNAPSHOT_BATCH
+        channels each."""
+        asked, self._asked = self._asked, []
+        batch: list[SnapshotAsk] = []
+        size = 0
+        for ask in asked:
+            if batch and size + len(ask.channels) > SNAPSHOT_BATCH:
+                self._start_read(batch)
+                batch, size = [], 0
+            batch.append(ask)
+            size += len(ask.channels)
+        self._start_read(batch)
+
+    def _start_read(self, batch: list[SnapshotAsk]) -> None:
+        read = asyncio.create_task(self._read_snapshots(batch), name="bifrost-redis-snapshot")
+        self._reads.add(read)
+        read.add_done_callback(self._reads.discard)
+
+    async def _read_snapshots(self, batch: list[SnapshotAsk]) -> None:
+        """One script call for the batch, answered once its barrier is back; every ask of
+        the batch hears BrokerUnavailable if Redis does not answer within the bound."""
+        assert self._history is not None, "asked only with history on"
         names = self._names
-        barrier = f"barrier {uuid.uuid4().hex}".encode()
+        barrier = f"{BARRIER_PREFIX}{uuid.uuid4().hex}".encode()
         arrived: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._barriers[barrier] = arrived
         args: list[bytes | str | int] = [
@@ -318,23 +362,35 @@ class RedisBroker(Broker):
             self._reply_channel,
             barrier,
         ]
-        for channel in channels:
-            position = since.get(channel)
-            args += [new_epoch(), *((position.epoch, position.offset) if position else ("", 0))]
-        keys = names.history_keys(channels)
+        keys: list[bytes] = []
+        for ask in batch:
+            for channel in ask.channels:
+                position = ask.since.get(channel)
+                epoch, offset = (position.epoch, position.offset) if position else ("", 0)
+                args += [new_epoch(), epoch, offset]
+            keys += names.history_keys(ask.channels)
+        channels = sum(len(ask.channels) for ask in batch)
         try:
             async with asyncio.timeout(COMMAND_TIMEOUT):
-                replies = await self._snapshot_script(keys=keys, args=args)
+                replies = iter(await self._snapshot_script(keys=keys, args=args))
                 await arrived
-            return {
-                channel: decode_snapshot(channel, reply)
-                for channel, reply in zip(channels, replies, strict=True)
-            }
-        except (*REDIS_FAILURES, ValueError) as error:
-            logger.warning("history of %d channels not read: %s", len(channels), error)
-            raise BrokerUnavailable("Redis did not answer with the history") from None
+            answers = [
+                {channel: decode_snapshot(channel, next(replies)) for channel in ask.channels}
+                for ask in batch
+            ]
+            for ask, snapshot in zip(batch, answers, strict=True):
+                if not ask.answer.done():  # else its socket went meanwhile
+                    ask.answer.set_result(snapshot)
+        except (*REDIS_FAILURES, ValueError, StopIteration) as error:
+            logger.warning("history of %d channels not read: %s", channels, error)
         finally:
             del self._barriers[barrier]
+            # Not read (Redis failed, or the broker stops): no recovering socket waits on.
+            for ask in batch:
+                if not ask.answer.done():
+                    ask.answer.set_exception(
+                        BrokerUnavailable("Redis did not answer with the history")
+                    )
 
     async def totals(self) -> Totals:
         """This node's live figures, plus every other node's latest heartbeat."""
@@ -436,11 +492,14 @@ class RedisBroker(Broker):
     def _take(self, message: dict[str, Any]) -> None:
         kind = message["type"]
         if kind == "message" and message["channel"] == self._reply_channel:
-            barrier = self._barriers.get(message["data"])
-            if barrier is None:
-                self._take_answer(message["data"])
-            elif not barrier.done():
-                barrier.set_result(None)
+            data = message["data"]
+            barrier = self._barriers.get(data)
+            if barrier is not None:
+                if not barrier.done():
+                    barrier.set_result(None)
+            elif not data.startswith(BARRIER_PREFIX.encode()):
+                self._take_answer(data)
+            # else the barrier of a read that gave up waiting for it
         elif kind == "message":
             self._take_broadcast(message["channel"], message["data"])
         elif kind in ("subscribe", "unsubscribe"):
@@ -531,6 +590,15 @@ class RedisBroker(Broker):
                     pipe.expire(self._nodes_key, NODES_TTL)
                     await pipe.execute()
             await asyncio.sleep(HEARTBEAT_INTERVAL)
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotAsk:
+    """A recovering socket's channels and positions, and where its snapshot is answered."""
+
+    channels: Sequence[str]
+    since: Mapping[str, Position]
+    answer: asyncio.Future[dict[str, ChannelSnapshot]]
 
 
 async def _until_one_fails(*loops: Coroutine[Any, Any, None]) -> None:
