@@ -19,9 +19,9 @@ import orjson
 from sanic import Sanic
 
 from bifrost import __version__
+from bifrost.application import BifrostSanic
 from bifrost.blueprints import all_blueprints
 from bifrost.blueprints.pages import api_pages_in_development_only
-from bifrost.bounded_http import BifrostSanic
 from bifrost.brokers.base import Broker, HistoryLimits
 from bifrost.brokers.local import LocalBroker
 from bifrost.errors import JSONErrorHandler

@@ -1,41 +1,33 @@
-"""Sanic's HTTP/1.1 protocol with a deadline per request and a ceiling on open connections.
+"""Sanic's HTTP/1.1 protocol, with a deadline per request counted from its readiness.
 
 Sanic measures its request timeout from the last chunk received, so a client sending a header
 line every few seconds (a slowloris) is never cut; and the connections it holds before they
 become websockets count against no limit, so a few hundred silent ones would use up a worker's
 file descriptors. `BoundedHttpProtocol` measures the request's time from the moment the
 connection is ready for it (opened, or its previous answer sent) until its head and body are
-read, and closes at once the connections opened past the process's limit plus the headroom
-kept to answer them 503 (`bifrost.blueprints.subscribe.admit_handshake` answers).
-
-Sanic takes a protocol class only as `protocol=` to `prepare`/`run`, which its command line
-never passes; `BifrostSanic.prepare` makes this one the default, so that every way of starting
-the service (`sanic bifrost.app`, `python -m bifrost`, `bifrost serve`, `app.run`) serves with
-it. Signals such as `http.lifecycle.begin` see no transport: all they could do at a deadline is
-cancel the connection's task, which Sanic answers 500 in the middle of a request.
+read. Connections are first read by `bifrost.front.FrontProtocol`, which closes at once
+those opened past the process's limit plus the headroom kept to answer them 503
+(`bifrost.blueprints.subscribe.admit_handshake` answers) and hands every request it does not
+serve itself to this protocol. Signals such as `http.lifecycle.begin` see no transport: all
+they could do at a deadline is cancel the connection's task, which Sanic answers 500 in the
+middle of a request.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
+from collections.abc import Collection
 from time import monotonic
 from typing import Any, cast
 
 from sanic import Request, Sanic
-from sanic.config import Config
 from sanic.exceptions import RequestTimeout
 from sanic.http import Http, Stage
 from sanic.server import HttpProtocol
 
 from bifrost import metrics
-from bifrost.rules.admission import REFUSAL_HEADROOM, closed_unanswered
-from bifrost.service import BifrostContext, service_of
-from bifrost.signals import hold_stop_signals
+from bifrost.service import service_of
 
-__all__ = ["BifrostSanic", "BoundedHttpProtocol", "close_after_answer", "open_connections"]
-
-logger = logging.getLogger("bifrost.connections")
+__all__ = ["BoundedHttpProtocol", "close_after_answer", "count_open", "open_connections"]
 
 
 class DeadlineHttp(Http):
@@ -60,22 +52,15 @@ class BoundedHttpProtocol(HttpProtocol):
 
     # Sanic's internal hook for its HTTP/1.1 state machine; tests/test_dependency_pins.py.
     HTTP_CLASS = DeadlineHttp
-    __slots__ = ("ready_at", "timed_out")
+    __slots__ = ("before_first_cycle", "ready_at", "timed_out")
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, *, opened_at: float | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.ready_at = monotonic()
+        # The first request's time counts from the connection's opening (`bifrost.front`
+        # hands the connection on once it has read some of it).
+        self.ready_at = monotonic() if opened_at is None else opened_at
+        self.before_first_cycle = True
         self.timed_out = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # Sanic leaves HttpProtocol's methods unannotated.
-        super().connection_made(transport)  # type: ignore[no-untyped-call]
-        max_connections = service_of(self.app).settings.max_connections
-        if closed_unanswered(_open_connections(self), max_connections):
-            ceiling = max_connections + REFUSAL_HEADROOM
-            logger.warning("closed connection unanswered: %d connections open", ceiling)
-            metrics.http_connection_closed("overflow")
-            self.close()
 
     def check_timeouts(self) -> None:
         """Sanic's own timeouts (keep-alive idle, response), and the request's deadline.
@@ -89,6 +74,11 @@ class BoundedHttpProtocol(HttpProtocol):
         task = self._task
         http = self._http if task and self.transport else None
         if task and http is not None and self._overdue(http):
+            if self.before_first_cycle:
+                # Handed over at its deadline (`bifrost.front`): only a cancellation from
+                # within Sanic's request cycle answers 408, so look again once it has begun.
+                self._callback_check_timeouts = self.loop.call_soon(self.check_timeouts)
+                return
             if not self.timed_out:
                 self.timed_out = True
                 metrics.http_connection_closed("request_timeout")
@@ -104,21 +94,23 @@ class BoundedHttpProtocol(HttpProtocol):
         return receiving and monotonic() - self.ready_at > self.request_timeout
 
     def request_ready(self) -> None:
-        """The connection waits for a request from now on."""
-        self.ready_at = monotonic()
+        """The connection waits for a request from now on (its first since its opening)."""
+        if not self.before_first_cycle:
+            self.ready_at = monotonic()
+        self.before_first_cycle = False
 
 
 def open_connections(request: Request) -> int:
     """Every open connection of the request's worker, the request's own included."""
     # Typed as any protocol; a request reaches a handler only over Sanic's HTTP/1.1 one.
     http = cast(HttpProtocol, request.transport.get_protocol())
-    return _open_connections(http)
+    return count_open(http.app, http.connections)
 
 
-def _open_connections(http: HttpProtocol) -> int:
+def count_open(app: Sanic[Any, Any], connections: Collection[object]) -> int:
     """HTTP connections not yet upgraded (Sanic's set, shared by the worker's connections)
     and websockets (`bifrost.handshake` moves a connection from the one to the other)."""
-    return len(http.connections) + service_of(http.app).registry.connected
+    return len(connections) + service_of(app).registry.connected
 
 
 def close_after_answer(request: Request) -> None:
@@ -126,16 +118,3 @@ def close_after_answer(request: Request) -> None:
     stream = request.stream
     assert isinstance(stream, Http), "served by Sanic's HTTP/1.1 protocol"
     stream.keep_alive = False
-
-
-class BifrostSanic(Sanic[Config, BifrostContext]):
-    """The application class: serves with `BoundedHttpProtocol` unless told another, and
-    holds the stop signals until its worker manager's state is safe from them."""
-
-    def prepare(
-        self, *args: Any, protocol: type[asyncio.Protocol] | None = None, **kwargs: Any
-    ) -> None:
-        super().prepare(*args, protocol=protocol or BoundedHttpProtocol, **kwargs)
-        if not kwargs.get("single_process"):
-            # Released by `release_stop_signals`, the main process's first listener.
-            hold_stop_signals()

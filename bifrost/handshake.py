@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TypeVar, cast
 
 from sanic import Request
@@ -37,7 +37,14 @@ from bifrost.rules.admission import (
     library_refusal,
 )
 
-__all__ = ["SocketFactory", "hand_over", "refuse", "upgrade"]
+__all__ = [
+    "SocketFactory",
+    "accept_upgrade",
+    "hand_over",
+    "refuse",
+    "switch_protocol",
+    "upgrade",
+]
 
 # Every refusal is of a `/subscribe` handshake, and logged where an operator looks for them.
 logger = logging.getLogger("bifrost.subscribe")
@@ -61,17 +68,25 @@ def upgrade(request: Request, serve: SocketFactory, max_frame_bytes: int) -> HTT
     )
     if refusal is not None:
         return refuse(request, refusal)
-    # Made open: Sanic has read the request already, so the parser starts at the first frame.
-    ws = ServerProtocol(max_size=max_frame_bytes, state=State.OPEN)
     try:
-        headers = Headers(handshake_headers(request.headers.items()))
+        ws, answer = accept_upgrade(request.path, request.headers.items(), max_frame_bytes)
     except InvalidHeader as error:
         return refuse(request, invalid_header_refusal(str(error)))
-    answer = ws.accept(UpgradeRequest(path=request.path, headers=headers))
     if answer.status_code != 101:
         return refuse(request, _library_refusal(answer, ws.handshake_exc))
     hand_over(request, answer.serialize(), lambda transport: serve(transport, ws))
     return None
+
+
+def accept_upgrade(
+    path: str, headers: Iterable[tuple[str, str]], max_frame_bytes: int
+) -> tuple[ServerProtocol, Response]:
+    """The library's answer to an upgrade request of `path` with these headers (a 101, or why
+    not), and the socket's frame parser; raises InvalidHeader for a value the library refuses."""
+    # Made open: the request is read already, so the parser starts at the first frame.
+    ws = ServerProtocol(max_size=max_frame_bytes, state=State.OPEN)
+    read = Headers(handshake_headers(headers))
+    return ws, ws.accept(UpgradeRequest(path=path, headers=read))
 
 
 def hand_over(request: Request, head: bytes, serve: Callable[[asyncio.Transport], P]) -> P:
@@ -84,6 +99,17 @@ def hand_over(request: Request, head: bytes, serve: Callable[[asyncio.Transport]
     # Sanic's own buffer of bytes read and not parsed: frames sent right behind the request.
     unread = bytes(http.recv_buffer)
     _release(http, request)
+    return switch_protocol(transport, head, serve, unread)
+
+
+def switch_protocol(
+    transport: asyncio.Transport,
+    head: bytes,
+    serve: Callable[[asyncio.Transport], P],
+    unread: bytes,
+) -> P:
+    """Write the answer's head and give the connection to the protocol `serve` makes, fed
+    first the bytes read past the request."""
     transport.write(head)
     protocol = serve(transport)
     transport.set_protocol(protocol)
