@@ -39,6 +39,7 @@ class BroadcastOutcome:
     deliveries: int = 0
     first_post_ns: int = 0
     last_answer_ns: int = 0
+    slowest_answer_ns: int = 0
     cpu_s: float = 0.0
     wall_s: float = 0.0
     failures: int = 0
@@ -146,6 +147,9 @@ async def broadcast_all(
                     status, body = 0, {"error": repr(error)}
                     await client.close()
                 outcome.last_answer_ns = time.monotonic_ns()
+                outcome.slowest_answer_ns = max(
+                    outcome.slowest_answer_ns, outcome.last_answer_ns - sent_ns
+                )
                 outcome.posted += 1
                 if status != 200 or not isinstance(body, dict) or body.get("message") != "Success":
                     outcome.note(f"POST /broadcast {channel}/{lane}#{seq}: {status} {body!r}")

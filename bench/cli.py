@@ -29,13 +29,15 @@ SUMMARY_METRICS = (
     "subscribe_per_s",
     "rss_kib_per_socket",
     "sockets",
+    "burst_s",
+    "burst_rss_peak_mib",
 )
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--scenarios", default="a,b,c,d,e,f,g,h", help="comma-separated keys (default: all)"
+        "--scenarios", default="a,b,c,d,e,f,g,h,i", help="comma-separated keys (default: all)"
     )
     parser.add_argument("--quick", action="store_true", help="small numbers, one run: a smoke test")
     parser.add_argument(

@@ -13,7 +13,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["TreeSample", "descendants", "listen_overflows", "sample_tree"]
+__all__ = [
+    "TreeSample",
+    "descendants",
+    "listen_overflows",
+    "reset_tree_peak",
+    "sample_tree",
+    "tree_peak_rss",
+]
 
 CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
@@ -104,6 +111,31 @@ def sample_tree(roots: Iterable[int]) -> TreeSample:
         user / CLOCK_TICKS_PER_S,
         system / CLOCK_TICKS_PER_S,
     )
+
+
+def reset_tree_peak(roots: Iterable[int]) -> None:
+    """Set each process's peak RSS (VmHWM) back to its RSS now, so that `tree_peak_rss` reads
+    the peak of what follows: writing 5 to /proc/<pid>/clear_refs does that (Linux 4.0+)."""
+    for pid in descendants(roots):
+        try:
+            (PROC / str(pid) / "clear_refs").write_text("5")
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # gone meanwhile
+
+
+def tree_peak_rss(roots: Iterable[int]) -> int:
+    """Bytes of peak RSS (VmHWM of /proc/<pid>/status) summed over the live tree, as RSS is."""
+    total_kib = 0
+    for pid in descendants(roots):
+        try:
+            lines = (PROC / str(pid) / "status").read_text().splitlines()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        for line in lines:
+            if line.startswith("VmHWM:"):
+                total_kib += int(line.split()[1])  # "VmHWM:   12345 kB"
+                break
+    return total_kib * 1024
 
 
 def listen_overflows() -> int:

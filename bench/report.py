@@ -50,6 +50,11 @@ METRICS = (
     Metric("sockets", "sockets held", "{:,.0f}"),
     Metric("gen_cpu_share", "generator CPU, busiest process, cores", "{:.2f}"),
     Metric("broadcaster_cpu_share", "broadcaster CPU, cores", "{:.2f}", True),
+    Metric("burst_s", "**burst: first POST to last frame received, s**", "{:.2f}", True),
+    Metric("burst_cpu_s", "server CPU over the burst, s", "{:.2f}", True),
+    Metric("burst_rss_before_mib", "server RSS before the burst, MiB", "{:.1f}", True),
+    Metric("burst_rss_peak_mib", "server peak RSS during the burst (VmHWM), MiB", "{:.1f}", True),
+    Metric("slowest_post_s", "slowest POST /broadcast answer, s", "{:.2f}", True),
 )
 
 
@@ -253,6 +258,22 @@ class Report:
             outcomes.append(
                 TargetOutcome(
                     text, verdict, f"{len(held)}/{len(runs)} runs held {scenario.sockets:,}"
+                )
+            )
+        scenario = self._scenario("i")
+        text = "(i) a burst to every socket completes, nothing lost or reordered"
+        runs = self._runs("i", scenario.subject) if scenario else []
+        if not runs or scenario is None:
+            outcomes.append(TargetOutcome(text, "not run", ""))
+        else:
+            clean = [r for r in runs if not r.errors]
+            frames = scenario.sockets * scenario.broadcasts
+            outcomes.append(
+                TargetOutcome(
+                    text,
+                    "PASS" if len(clean) == len(runs) else "FAIL",
+                    f"{len(clean)}/{len(runs)} runs delivered {frames:,} frames to "
+                    f"{scenario.sockets:,} sockets",
                 )
             )
         return outcomes

@@ -179,6 +179,8 @@ async def _broadcast(
     armed = await swarm.arm(per_channel)
     if armed != expected:
         result.errors.append(f"generators expect {armed} frames, the plan says {expected}")
+    if scenario.scale:
+        server.reset_peak_rss()
     before = server.sample()
     sent = await broadcast_all(
         server.broadcast_urls,
@@ -188,10 +190,12 @@ async def _broadcast(
         connections=scenario.http_connections,
         padding_bytes=options.padding_bytes,
         rate=rate,
+        request_timeout_s=scenario.post_timeout_s,
         lanes=scenario.lanes,
     )
     replies = await swarm.collect(options.collect_timeout_s)
     after = server.sample()
+    peak_rss = server.peak_rss_bytes() if scenario.scale else 0
     frames = sum(r["frames"] for r in replies)
     result.errors.extend(sent.errors)
     for reply in replies:
@@ -240,6 +244,14 @@ async def _broadcast(
         "lat_max_ms": (ordered[-1] if ordered else 0) / 1e6,
         "broadcaster_cpu_share": broadcaster_share,
     }
+    if scenario.scale:
+        metrics |= {
+            "burst_s": window_s,
+            "burst_cpu_s": after.cpu_s - before.cpu_s,
+            "burst_rss_before_mib": before.rss_bytes / 2**20,
+            "burst_rss_peak_mib": peak_rss / 2**20,
+            "slowest_post_s": sent.slowest_answer_ns / 1e9,
+        }
     result.metrics.update({prefix + k: v for k, v in metrics.items()})
     result.metrics["gen_cpu_share"] = max(result.metrics.get("gen_cpu_share", 0.0), gen_share)
     return frames

@@ -4,17 +4,23 @@ A scenario names the topologies it compares (`subject`, `baseline` and any `othe
 `bench.servers.TOPOLOGIES`): (a)-(d) Bifröst against the Node reference, (e) two Bifröst nodes
 through Redis against one Bifröst process, (f) and (g) Bifröst with history on and positioned
 subscribers against history off and the reference, (h) bursts (broadcasts from several
-connections at once) against the reference, each in the same run.
+connections at once) and (i) a burst to every socket one process can hold against the
+reference, each in the same run.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from bench.broadcaster import REQUEST_TIMEOUT_S
+
 __all__ = ["CAPACITY_HEADROOM", "PACED_RATE", "Scenario", "build_scenarios"]
 
-CAPACITY_HEADROOM = 100
-"""Descriptors the capacity run leaves to the server process itself (listener, epoll, logs…)."""
+CAPACITY_HEADROOM = 150
+"""Descriptors the capacity runs (d) and (i) leave below the open-file limit: the 128 Bifröst
+keeps past its connection cap (`bench.servers.bifrost_max_connections`), then the bench's own
+HTTP connections (up to 8 POSTing and one reading /info.json), which count against that cap
+too, and a few to spare."""
 
 PACED_RATE = 20.0
 """Broadcasts per second of the paced latency phase: 40,000 frames/s at 2,000 subscribers, about
@@ -23,6 +29,14 @@ a third of what either server delivers flat out here, so neither is saturated.""
 BURST_LANES = 8
 """POSTs in flight at once on the burst scenario's one channel, each on its own connection, so
 that the server reads several of them in one loop turn: the case coalesced writes are for."""
+
+SCALE_CHANNELS = 8
+"""Channels every socket of the burst to capacity hears (all the same 8): each broadcast goes to
+every socket, and one POST per channel is in flight, `BURST_LANES` at once."""
+SCALE_BROADCASTS = 20
+SCALE_POST_TIMEOUT_S = 60.0
+"""A POST to 20,000 sockets, answered once every frame is written, takes seconds while seven
+others are written in the same turns."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +63,10 @@ class Scenario:
     http_connections: int = 4
     # POSTs in flight per channel, each lane its own sequence, which the clients check.
     lanes: int = 1
+    post_timeout_s: float = REQUEST_TIMEOUT_S
+    # The burst itself is the figure: its time, the server's CPU over it, RSS before it and
+    # at its peak, the slowest POST's answer.
+    scale: bool = False
     subject: str = "bifrost"
     baseline: str = "reference"
     others: tuple[str, ...] = ()
@@ -72,11 +90,11 @@ def build_scenarios(*, quick: bool, open_file_limit: int) -> dict[str, Scenario]
     capacity_target = max(1000, open_file_limit - CAPACITY_HEADROOM)
     if quick:
         fanout_subs, spread_subs, spread_broadcasts, idle = 300, 300, 200, 1000
-        climb = _climb(2000, 3)
+        climb, scale_sockets = _climb(2000, 3), 2000
         fanout_broadcasts, channels, paced, burst_broadcasts = 20, 10, 20, 80
     else:
         fanout_subs, spread_subs, spread_broadcasts, idle = 2000, 2000, 2000, 10_000
-        climb = _climb(capacity_target, 5)
+        climb, scale_sockets = _climb(capacity_target, 5), capacity_target
         fanout_broadcasts, channels, paced, burst_broadcasts = 200, 100, 100, 800
     fanout_title = (
         f"fan-out: {fanout_subs} subscribers x {fanout_broadcasts} broadcasts, one channel "
@@ -150,6 +168,20 @@ def build_scenarios(*, quick: bool, open_file_limit: int) -> dict[str, Scenario]
             paced_broadcasts=0,
             http_connections=BURST_LANES,
             lanes=BURST_LANES,
+        ),
+        Scenario(
+            "i",
+            f"burst to capacity: {scale_sockets} sockets on one server process, each on the same "
+            f"{SCALE_CHANNELS} channels, {SCALE_BROADCASTS} broadcasts from {BURST_LANES} HTTP "
+            "connections at once",
+            (scale_sockets,),
+            SCALE_CHANNELS,
+            SCALE_BROADCASTS,
+            throughput=True,
+            channels_per_client=SCALE_CHANNELS,
+            http_connections=BURST_LANES,
+            post_timeout_s=SCALE_POST_TIMEOUT_S,
+            scale=True,
         ),
     ]
     return {s.key: s for s in scenarios}

@@ -21,7 +21,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.procfs import TreeSample, sample_tree
+from bench.procfs import TreeSample, reset_tree_peak, sample_tree, tree_peak_rss
+from bifrost.limits import FILES_BESIDES_SOCKETS
+from bifrost.rules.admission import REFUSAL_HEADROOM
 
 __all__ = [
     "BENCH_DIR",
@@ -53,20 +55,21 @@ VARIANT_ENV = "BENCH_BIFROST_SRC"
 """A folder holding a modified copy of the `bifrost` package to measure instead of the tree's:
 how a proposed change to the service is measured without touching the service."""
 
-# Bifröst keeps this many descriptors for itself besides sockets (bifrost/limits.py).
-BIFROST_FILES_BESIDES_SOCKETS = 64
+BIFROST_FILES_PAST_CAP = REFUSAL_HEADROOM + FILES_BESIDES_SOCKETS
+"""Descriptors Bifröst wants past its connection cap (bifrost/limits.py): connections it holds
+to answer them 503, and its own files; with fewer it warns at start."""
 HISTORY_SIZE = 100
 """BIFROST_HISTORY_SIZE of the history topology: messages kept per channel."""
 
 
 def bifrost_max_connections() -> int:
-    """The open-file limit less Bifröst's own descriptors: above every scenario's socket count
-    (the capacity run leaves 100), so that Bifröst's per-process cap (default 10,000) is not
-    what the capacity run measures, the open-file limit is; and no start-up warning that the
-    cap cannot be reached."""
+    """The open-file limit less what Bifröst wants past its cap: above every scenario's
+    connections (the capacity runs leave `CAPACITY_HEADROOM`), so that Bifröst's per-process
+    cap (default 10,000) is not what the capacity runs measure, the open-file limit is; and no
+    start-up warning that the cap cannot be reached."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     limit = hard if hard != resource.RLIM_INFINITY else max(soft, 1_000_000)
-    return max(1, limit - BIFROST_FILES_BESIDES_SOCKETS)
+    return max(1, limit - BIFROST_FILES_PAST_CAP)
 
 
 class ServerStartError(RuntimeError):
@@ -150,6 +153,13 @@ class RunningServer:
 
     def sample(self) -> TreeSample:
         return sample_tree(self.pids)
+
+    def reset_peak_rss(self) -> None:
+        reset_tree_peak(self.pids)
+
+    def peak_rss_bytes(self) -> int:
+        """The tree's peak RSS since `reset_peak_rss` (or since start)."""
+        return tree_peak_rss(self.pids)
 
     def check_alive(self) -> None:
         for process, log in zip(self.processes, self.log_paths, strict=True):
