@@ -155,7 +155,10 @@ class FrontProtocol(asyncio.Protocol):
         ):
             return self._to_sanic()
         headers = [(name.decode(), value.decode()) for name, value in self._headers]
-        named = {name.lower(): value for name, value in headers}
+        # A header named twice counts by its first value, as Sanic's request reads it.
+        named: dict[str, str] = {}
+        for name, value in headers:
+            named.setdefault(name.lower(), value)
         if not SANIC_ONLY_HEADERS.isdisjoint(named) or wants_event_stream(
             named.get("accept"), named.get("upgrade")
         ):

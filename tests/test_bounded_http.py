@@ -83,12 +83,20 @@ async def still_delivers(server: BifrostServer, subscribers: list, channel: str)
         assert await receive_json(ws) == {"event": "still-here"}
 
 
-async def test_slowloris_head_is_answered_408_at_the_bound_from_the_start(start_server):
-    """A request head sent a line at a time is cut BIFROST_AUTH_TIMEOUT after the connection
-    opened, answered 408, while a subscriber keeps receiving."""
+@pytest.mark.parametrize(
+    "start",
+    [
+        b"GET /info.json HTTP/1.1\r\nHost: x\r\n",
+        b"GET /subscribe HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n",
+    ],
+    ids=["request", "upgrade"],
+)
+async def test_slowloris_head_is_answered_408_at_the_bound_from_the_start(start_server, start):
+    """A request head sent a line at a time, an upgrade's too, is cut BIFROST_AUTH_TIMEOUT
+    after the connection opened, answered 408, while a subscriber keeps receiving."""
     live = start_server(ENV)
     subscriber = await authenticated(live, ["news"])
-    slow = slowly_sent(live, b"GET /info.json HTTP/1.1\r\nHost: x\r\n", b"X-Slow: 1\r\n")
+    slow = slowly_sent(live, start, b"X-Slow: 1\r\n")
     answer, elapsed = await slow
     assert BOUND <= elapsed < BOUND + SLACK
     assert status_and_body(answer) == (408, {"error": "Request Timeout"})

@@ -114,3 +114,22 @@ def test_the_101_is_the_same_whichever_protocol_answers_it(live):
             answers.append((answer.status_code, sorted(k for k in answer.headers if k != "Date")))
     assert answers[0] == answers[1]
     assert answers[0][0] == 101
+
+
+@pytest.mark.parametrize(
+    ("origins", "status"),
+    [(("https://evil.example", "https://app.example"), 403), (("https://app.example",) * 2, 400)],
+    ids=["foreign-first", "allowed-twice"],
+)
+def test_an_origin_named_twice_is_judged_by_its_first(start_server, origins, status):
+    """Whichever protocol reads the head, the first `Origin` is the one the origin check
+    judges (403), and the library refuses a handshake naming its origin twice (400)."""
+    live = start_server({"BIFROST_ALLOWED_ORIGINS": "https://app.example"}, name="front-origin")
+    _, head = upgrade_request(live)
+    doubled = b"".join(f"Origin: {origin}\r\n".encode() for origin in origins)
+    with socket.create_connection(("127.0.0.1", live.port), timeout=TIMEOUT) as sock:
+        sock.sendall(head[:-2] + doubled + b"\r\n")
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            answer += sock.recv(65536)
+    assert answer.startswith(f"HTTP/1.1 {status} ".encode())
