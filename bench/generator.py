@@ -104,7 +104,15 @@ class Return:
     away, or sent it to the closing socket too late.
     """
 
-    __slots__ = ("attempts", "caught_up_ns", "closed_ns", "code", "recovered", "subscribed_ns")
+    __slots__ = (
+        "attempts",
+        "caught_up_ns",
+        "closed_ns",
+        "code",
+        "handshake_ns",
+        "recovered",
+        "subscribed_ns",
+    )
 
     def __init__(self, closed_ns: int, code: int) -> None:
         self.closed_ns = closed_ns
@@ -113,8 +121,9 @@ class Return:
         self.attempts = 0
         self.recovered = 0
         self.caught_up_ns = 0
+        self.handshake_ns = 0
 
-    def as_tuple(self) -> tuple[int, int, int, int, int, int]:
+    def as_tuple(self) -> tuple[int, int, int, int, int, int, int]:
         caught_up = self.caught_up_ns or self.subscribed_ns
         return (
             self.closed_ns,
@@ -123,6 +132,7 @@ class Return:
             self.attempts,
             self.recovered,
             caught_up,
+            self.handshake_ns,
         )
 
 
@@ -157,6 +167,9 @@ class Subscriber(WSListener):  # type: ignore[misc]
         self.returned: Return | None = None
         self.close_code = 0
         self.closed_ns = 0
+        # TCP connect to 101 of the last handshake: over a second, its SYN was dropped and sent
+        # again (the kernel's first retry comes after 1 s).
+        self.handshake_ns = 0
 
     @property
     def ready(self) -> bool:
@@ -259,6 +272,7 @@ class Subscriber(WSListener):  # type: ignore[misc]
         if self.pending_subscriptions == 0 and not self.subscribed.done():
             if self.returning is not None:
                 self.returning.subscribed_ns = now
+                self.returning.handshake_ns = self.handshake_ns
                 self.returned, self.returning = self.returning, None
             self.subscribed.set_result(None)
 
@@ -308,6 +322,7 @@ class Subscriber(WSListener):  # type: ignore[misc]
         """Connect to `url` and wait until every channel is subscribed."""
         self.subscribed = asyncio.get_running_loop().create_future()
         self.close_code = 0
+        started = time.monotonic_ns()
         try:
             await ws_connect(
                 lambda: self,
@@ -315,6 +330,7 @@ class Subscriber(WSListener):  # type: ignore[misc]
                 websocket_handshake_timeout=timeout_s,
                 read_buffer_init_size=READ_BUFFER_BYTES,
             )
+            self.handshake_ns = time.monotonic_ns() - started
             await asyncio.wait_for(self.subscribed, timeout_s)
         except BaseException:
             if self.transport is not None:
@@ -364,6 +380,7 @@ class Generator:
             token = subscribe_token(self.secret, channels, f"client-{g}")
             plans.append((self.layout.node_of(g), token, channels))
         failures = 0
+        opened = len(self.clients)
         cpu0, t0 = time.process_time(), time.monotonic_ns()
         queue: Iterator[tuple[int, str, list[str]]] = iter(plans)
 
@@ -391,6 +408,7 @@ class Generator:
             "errors": list(self.tally.errors),
             "unexpected_closes": self.tally.unexpected_closes,
             "protocol_errors": self.tally.protocol_errors,
+            "handshakes_ns": [c.handshake_ns for c in self.clients[opened:]],
         }
 
     def _target(self, per_channel: dict[str, int]) -> int:
@@ -408,17 +426,23 @@ class Generator:
         self.cpu0, self.wall0 = time.process_time(), time.monotonic()
         return {"target": target}
 
-    def status(self) -> dict[str, Any]:
-        """Clients subscribed right now, and every return after a close so far."""
+    def status(self, since_ns: int, returns: bool) -> dict[str, Any]:
+        """Clients subscribed right now; how many sockets closed since `since_ns` and how many
+        of them are subscribed again; with `returns`, every return after a close so far (a
+        tuple each: polled while thousands come back, they would cost the clients' CPU)."""
         per_node = [0] * len(self.layout.urls)
         for client in self.clients:
             if client.ready:
                 per_node[client.node] += 1
+        displaced = [r.subscribed_ns for r in self.tally.returns if r.closed_ns >= since_ns]
         return {
             "ready": sum(per_node),
             "per_node": per_node,
             "clients": len(self.clients),
-            "returns": [r.as_tuple() for r in self.tally.returns],
+            "displaced": len(displaced),
+            "back": sum(1 for t in displaced if t),
+            "back_ns": max(displaced, default=0),
+            "returns": [r.as_tuple() for r in self.tally.returns] if returns else [],
             "frames": self.tally.frames,
             "cpu_s": time.process_time(),
             "failed_attempts": dict(self.tally.failed_attempts),
@@ -510,7 +534,7 @@ async def _serve(conn: Connection, secret: str, layout: Layout) -> None:
         elif op == "arm":
             reply = generator.arm(command["per_channel"])
         elif op == "status":
-            reply = generator.status()
+            reply = generator.status(command["since_ns"], command["returns"])
         elif op == "collect":
             reply = await generator.collect(
                 command["timeout_s"], command.get("per_channel"), command.get("last_positions")
