@@ -27,7 +27,7 @@ import uvloop
 from bench.servers import BENCH_DIR, LOG_DIR
 from bench.session import Session
 
-__all__ = ["main", "summarize"]
+__all__ = ["PROFILE_DIR", "Recording", "have_py_spy", "main", "summarize"]
 
 PROFILE_DIR = BENCH_DIR / ".profiles"
 SAMPLE_RATE_HZ = 250
@@ -78,6 +78,14 @@ class Recording:
             except subprocess.TimeoutExpired:
                 spy.kill()
                 spy.wait(PY_SPY_STOP_TIMEOUT_S)
+
+
+def have_py_spy() -> bool:
+    """Whether py-spy is on the PATH; if not, say how to get it."""
+    if shutil.which("py-spy") is None:
+        print("py-spy is not installed: pip install py-spy", file=sys.stderr)
+        return False
+    return True
 
 
 def _function(frame: str) -> str:
@@ -164,8 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--generators", type=int, default=4)
     parser.add_argument("--native", action="store_true", help="include C frames (py-spy)")
     args = parser.parse_args(argv)
-    if shutil.which("py-spy") is None:
-        print("py-spy is not installed: pip install py-spy", file=sys.stderr)
+    if not have_py_spy():
         return 2
     return uvloop.run(_run(args))
 
