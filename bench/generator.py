@@ -22,6 +22,8 @@ import asyncio
 import contextlib
 import random
 import resource
+import socket
+import struct
 import time
 from array import array
 from collections import Counter
@@ -46,6 +48,8 @@ RETRY_DELAY_S = 0.1
 RETRY_DELAY_MAX_S = 1.0
 """Each further attempt waits longer, up to this (and half as much again, at random)."""
 RECONNECT_TIMEOUT_S = 10.0
+TCP_INFO_BYTES = 104
+TOTAL_RETRANS_OFFSET = 100
 
 
 def raise_open_file_limit() -> int:
@@ -110,6 +114,7 @@ class Return:
         "closed_ns",
         "code",
         "handshake_ns",
+        "handshake_retransmits",
         "recovered",
         "subscribed_ns",
     )
@@ -122,8 +127,9 @@ class Return:
         self.recovered = 0
         self.caught_up_ns = 0
         self.handshake_ns = 0
+        self.handshake_retransmits = 0
 
-    def as_tuple(self) -> tuple[int, int, int, int, int, int, int]:
+    def as_tuple(self) -> tuple[int, int, int, int, int, int, int, int]:
         caught_up = self.caught_up_ns or self.subscribed_ns
         return (
             self.closed_ns,
@@ -133,7 +139,16 @@ class Return:
             self.recovered,
             caught_up,
             self.handshake_ns,
+            self.handshake_retransmits,
         )
+
+
+def _total_retransmits(transport: WSTransport) -> int:
+    """tcpi_total_retrans of the socket under `transport` (struct tcp_info, linux/tcp.h: 8
+    bytes of u8 fields, then u32s, the 24th of which it is)."""
+    sock = transport.underlying_transport.get_extra_info("socket")
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCP_INFO_BYTES)
+    return int(struct.unpack_from("I", info, TOTAL_RETRANS_OFFSET)[0])
 
 
 class Subscriber(WSListener):  # type: ignore[misc]
@@ -167,9 +182,10 @@ class Subscriber(WSListener):  # type: ignore[misc]
         self.returned: Return | None = None
         self.close_code = 0
         self.closed_ns = 0
-        # TCP connect to 101 of the last handshake: over a second, its SYN was dropped and sent
-        # again (the kernel's first retry comes after 1 s).
+        # The last handshake: TCP connect to 101, and the segments the kernel sent again
+        # meanwhile (a SYN, or the upgrade request, dropped by a full accept queue).
         self.handshake_ns = 0
+        self.handshake_retransmits = 0
 
     @property
     def ready(self) -> bool:
@@ -184,6 +200,7 @@ class Subscriber(WSListener):  # type: ignore[misc]
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
+        self.handshake_retransmits = _total_retransmits(transport)
         self.pending_subscriptions = len(self.next_seq)
         if self.layout.positioned:
             frame = {"event": "authenticate", "data": self.token, "since": self.since}
@@ -273,6 +290,7 @@ class Subscriber(WSListener):  # type: ignore[misc]
             if self.returning is not None:
                 self.returning.subscribed_ns = now
                 self.returning.handshake_ns = self.handshake_ns
+                self.returning.handshake_retransmits = self.handshake_retransmits
                 self.returned, self.returning = self.returning, None
             self.subscribed.set_result(None)
 
@@ -408,7 +426,9 @@ class Generator:
             "errors": list(self.tally.errors),
             "unexpected_closes": self.tally.unexpected_closes,
             "protocol_errors": self.tally.protocol_errors,
-            "handshakes_ns": [c.handshake_ns for c in self.clients[opened:]],
+            "handshakes": [
+                (c.handshake_ns, c.handshake_retransmits) for c in self.clients[opened:]
+            ],
         }
 
     def _target(self, per_channel: dict[str, int]) -> int:

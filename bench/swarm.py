@@ -34,8 +34,8 @@ class ConnectOutcome:
     seconds: float
     max_cpu_share: float
     errors: list[str]
-    handshakes_ns: list[int]
-    """Per client subscribed: TCP connect to 101."""
+    handshakes: list[tuple[int, int]]
+    """Per client subscribed: ns from TCP connect to 101, and segments sent again meanwhile."""
 
     @property
     def rate(self) -> float:
@@ -138,7 +138,7 @@ class Swarm:
                 (r["cpu_s"] / r["wall_s"] for r in active if r["wall_s"] > 0), default=0.0
             ),
             errors=[e for r in replies for e in r["errors"]],
-            handshakes_ns=[h for r in replies for h in r["handshakes_ns"]],
+            handshakes=[tuple(h) for r in replies for h in r["handshakes"]],
         )
 
     async def arm(self, per_channel: dict[str, int] | None) -> int:
