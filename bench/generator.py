@@ -22,6 +22,8 @@ import asyncio
 import contextlib
 import random
 import resource
+import socket
+import struct
 import time
 from array import array
 from collections import Counter
@@ -46,6 +48,8 @@ RETRY_DELAY_S = 0.1
 RETRY_DELAY_MAX_S = 1.0
 """Each further attempt waits longer, up to this (and half as much again, at random)."""
 RECONNECT_TIMEOUT_S = 10.0
+TCP_INFO_BYTES = 104
+TOTAL_RETRANS_OFFSET = 100
 
 
 def raise_open_file_limit() -> int:
@@ -104,7 +108,16 @@ class Return:
     away, or sent it to the closing socket too late.
     """
 
-    __slots__ = ("attempts", "caught_up_ns", "closed_ns", "code", "recovered", "subscribed_ns")
+    __slots__ = (
+        "attempts",
+        "caught_up_ns",
+        "closed_ns",
+        "code",
+        "handshake_ns",
+        "handshake_retransmits",
+        "recovered",
+        "subscribed_ns",
+    )
 
     def __init__(self, closed_ns: int, code: int) -> None:
         self.closed_ns = closed_ns
@@ -113,8 +126,10 @@ class Return:
         self.attempts = 0
         self.recovered = 0
         self.caught_up_ns = 0
+        self.handshake_ns = 0
+        self.handshake_retransmits = 0
 
-    def as_tuple(self) -> tuple[int, int, int, int, int, int]:
+    def as_tuple(self) -> tuple[int, int, int, int, int, int, int, int]:
         caught_up = self.caught_up_ns or self.subscribed_ns
         return (
             self.closed_ns,
@@ -123,7 +138,17 @@ class Return:
             self.attempts,
             self.recovered,
             caught_up,
+            self.handshake_ns,
+            self.handshake_retransmits,
         )
+
+
+def _total_retransmits(transport: WSTransport) -> int:
+    """tcpi_total_retrans of the socket under `transport` (struct tcp_info, linux/tcp.h: 8
+    bytes of u8 fields, then u32s, the 24th of which it is)."""
+    sock = transport.underlying_transport.get_extra_info("socket")
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCP_INFO_BYTES)
+    return int(struct.unpack_from("I", info, TOTAL_RETRANS_OFFSET)[0])
 
 
 class Subscriber(WSListener):  # type: ignore[misc]
@@ -157,6 +182,10 @@ class Subscriber(WSListener):  # type: ignore[misc]
         self.returned: Return | None = None
         self.close_code = 0
         self.closed_ns = 0
+        # The last handshake: TCP connect to 101, and the segments the kernel sent again
+        # meanwhile (a SYN, or the upgrade request, dropped by a full accept queue).
+        self.handshake_ns = 0
+        self.handshake_retransmits = 0
 
     @property
     def ready(self) -> bool:
@@ -171,6 +200,7 @@ class Subscriber(WSListener):  # type: ignore[misc]
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
+        self.handshake_retransmits = _total_retransmits(transport)
         self.pending_subscriptions = len(self.next_seq)
         if self.layout.positioned:
             frame = {"event": "authenticate", "data": self.token, "since": self.since}
@@ -259,6 +289,8 @@ class Subscriber(WSListener):  # type: ignore[misc]
         if self.pending_subscriptions == 0 and not self.subscribed.done():
             if self.returning is not None:
                 self.returning.subscribed_ns = now
+                self.returning.handshake_ns = self.handshake_ns
+                self.returning.handshake_retransmits = self.handshake_retransmits
                 self.returned, self.returning = self.returning, None
             self.subscribed.set_result(None)
 
@@ -308,6 +340,7 @@ class Subscriber(WSListener):  # type: ignore[misc]
         """Connect to `url` and wait until every channel is subscribed."""
         self.subscribed = asyncio.get_running_loop().create_future()
         self.close_code = 0
+        started = time.monotonic_ns()
         try:
             await ws_connect(
                 lambda: self,
@@ -315,6 +348,7 @@ class Subscriber(WSListener):  # type: ignore[misc]
                 websocket_handshake_timeout=timeout_s,
                 read_buffer_init_size=READ_BUFFER_BYTES,
             )
+            self.handshake_ns = time.monotonic_ns() - started
             await asyncio.wait_for(self.subscribed, timeout_s)
         except BaseException:
             if self.transport is not None:
@@ -364,6 +398,7 @@ class Generator:
             token = subscribe_token(self.secret, channels, f"client-{g}")
             plans.append((self.layout.node_of(g), token, channels))
         failures = 0
+        opened = len(self.clients)
         cpu0, t0 = time.process_time(), time.monotonic_ns()
         queue: Iterator[tuple[int, str, list[str]]] = iter(plans)
 
@@ -391,6 +426,9 @@ class Generator:
             "errors": list(self.tally.errors),
             "unexpected_closes": self.tally.unexpected_closes,
             "protocol_errors": self.tally.protocol_errors,
+            "handshakes": [
+                (c.handshake_ns, c.handshake_retransmits) for c in self.clients[opened:]
+            ],
         }
 
     def _target(self, per_channel: dict[str, int]) -> int:
@@ -408,17 +446,23 @@ class Generator:
         self.cpu0, self.wall0 = time.process_time(), time.monotonic()
         return {"target": target}
 
-    def status(self) -> dict[str, Any]:
-        """Clients subscribed right now, and every return after a close so far."""
+    def status(self, since_ns: int, returns: bool) -> dict[str, Any]:
+        """Clients subscribed right now; how many sockets closed since `since_ns` and how many
+        of them are subscribed again; with `returns`, every return after a close so far (a
+        tuple each: polled while thousands come back, they would cost the clients' CPU)."""
         per_node = [0] * len(self.layout.urls)
         for client in self.clients:
             if client.ready:
                 per_node[client.node] += 1
+        displaced = [r.subscribed_ns for r in self.tally.returns if r.closed_ns >= since_ns]
         return {
             "ready": sum(per_node),
             "per_node": per_node,
             "clients": len(self.clients),
-            "returns": [r.as_tuple() for r in self.tally.returns],
+            "displaced": len(displaced),
+            "back": sum(1 for t in displaced if t),
+            "back_ns": max(displaced, default=0),
+            "returns": [r.as_tuple() for r in self.tally.returns] if returns else [],
             "frames": self.tally.frames,
             "cpu_s": time.process_time(),
             "failed_attempts": dict(self.tally.failed_attempts),
@@ -510,7 +554,7 @@ async def _serve(conn: Connection, secret: str, layout: Layout) -> None:
         elif op == "arm":
             reply = generator.arm(command["per_channel"])
         elif op == "status":
-            reply = generator.status()
+            reply = generator.status(command["since_ns"], command["returns"])
         elif op == "collect":
             reply = await generator.collect(
                 command["timeout_s"], command.get("per_channel"), command.get("last_positions")

@@ -32,7 +32,8 @@ class Layout:
     every frame (the protocol's opt-in to recovery: only a server with history on is measured
     with them, so every frame they get must carry positions); `reconnect` clients come back to
     the next node, with their `since`, when the server closes their socket, the first attempt
-    at a random moment within `reconnect_jitter_s`.
+    at a random moment within `reconnect_jitter_s`. With `home_nodes` n > 0, clients start on
+    the first n nodes only (1: all on node A, the rest there to take them when it stops).
     """
 
     urls: tuple[str, ...]
@@ -41,13 +42,14 @@ class Layout:
     positioned: bool = False
     reconnect: bool = False
     reconnect_jitter_s: float = 0.2
+    home_nodes: int = 0
 
     def channels_of(self, client: int) -> list[str]:
         count = min(self.channels_per_client, self.channels)
         return [channel_name((client + j) % self.channels) for j in range(count)]
 
     def node_of(self, client: int) -> int:
-        return client % len(self.urls)
+        return client % (self.home_nodes or len(self.urls))
 
     def url_of(self, client: int) -> str:
         return self.urls[self.node_of(client)]

@@ -19,6 +19,7 @@ __all__ = [
     "listen_overflows",
     "reset_tree_peak",
     "sample_tree",
+    "syn_retransmits",
     "tree_peak_rss",
 ]
 
@@ -138,13 +139,24 @@ def tree_peak_rss(roots: Iterable[int]) -> int:
     return total_kib * 1024
 
 
-def listen_overflows() -> int:
-    """Connections the kernel dropped so far because a listener's accept queue was full
-    (TcpExt ListenOverflows, machine-wide): a server that takes many sockets at once and
-    listens with a short backlog leaves its clients to retransmit their SYNs, 1 s, 3 s, 7 s on."""
+def _tcp_ext(name: str) -> int:
+    """A TcpExt counter of /proc/net/netstat (machine-wide), 0 if the kernel has none."""
     lines = (PROC / "net" / "netstat").read_text().splitlines()
     for names, values in zip(lines[::2], lines[1::2], strict=False):
         if names.startswith("TcpExt:"):
             table = dict(zip(names.split()[1:], values.split()[1:], strict=True))
-            return int(table.get("ListenOverflows", 0))
+            return int(table.get(name, 0))
     return 0
+
+
+def listen_overflows() -> int:
+    """Connections the kernel dropped so far because a listener's accept queue was full
+    (TcpExt ListenOverflows, machine-wide): a server that takes many sockets at once and
+    listens with a short backlog leaves its clients to retransmit their SYNs, 1 s, 3 s, 7 s on."""
+    return _tcp_ext("ListenOverflows")
+
+
+def syn_retransmits() -> int:
+    """SYNs sent again so far (TcpExt TCPSynRetrans, machine-wide): on loopback, the clients'
+    answer to a listener that dropped their first one."""
+    return _tcp_ext("TCPSynRetrans")

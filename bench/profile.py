@@ -27,12 +27,14 @@ import uvloop
 from bench.servers import BENCH_DIR, LOG_DIR
 from bench.session import Session
 
-__all__ = ["main", "summarize"]
+__all__ = ["PROFILE_DIR", "Recording", "have_py_spy", "main", "summarize"]
 
 PROFILE_DIR = BENCH_DIR / ".profiles"
 SAMPLE_RATE_HZ = 250
 PY_SPY_STOP_TIMEOUT_S = 60.0
 TOP = 22
+LOOP_FRAMES = frozenset({"run_forever", "run_until_complete", "_run_server_forever"})
+"""A sample whose innermost Python frame is one of these was in the event loop's own code."""
 
 
 def _spy(pid: int, out: Path, fmt: str, native: bool) -> subprocess.Popen[bytes]:
@@ -80,6 +82,14 @@ class Recording:
                 spy.wait(PY_SPY_STOP_TIMEOUT_S)
 
 
+def have_py_spy() -> bool:
+    """Whether py-spy is on the PATH; if not, say how to get it."""
+    if shutil.which("py-spy") is None:
+        print("py-spy is not installed: pip install py-spy", file=sys.stderr)
+        return False
+    return True
+
+
 def _function(frame: str) -> str:
     """`name (path/to/file.py:123)` -> `name (file.py)`: lines of one function merged."""
     name, _, where = frame.partition(" (")
@@ -87,31 +97,56 @@ def _function(frame: str) -> str:
     return f"{name} ({Path(path).name})" if path else name
 
 
+def _package(frames: list[str]) -> str:
+    """Whose code a sample was in: the package of the innermost frame outside the standard
+    library (asyncio's streams count for whoever called them) and outside functions compiled
+    without a file (Sanic's), `bifrost` by module; the loop's own frame is the event loop's
+    C code."""
+    for frame in reversed(frames):
+        name, _, where = frame.partition(" (")
+        if name in LOOP_FRAMES:
+            return "(event loop, C)"
+        path = where.rstrip(")").rsplit(":", 1)[0]
+        parts = path.split("/")
+        if len(parts) < 2 or parts[0].startswith("<") or parts[0] in sys.stdlib_module_names:
+            continue
+        return "/".join(parts[:2]) if parts[0] == "bifrost" else parts[0]
+    return "(other)"
+
+
 def summarize(raw: Path, top: int = TOP) -> list[str]:
-    """Top functions by own samples and by inclusive samples, from py-spy's collapsed stacks."""
+    """Top functions by own samples and by inclusive samples, and shares by package, from
+    py-spy's collapsed stacks."""
     if not raw.exists():
         return [f"(no profile: see {LOG_DIR}/py-spy-{raw.stem}.log)"]
     own: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
+    packages: Counter[str] = Counter()
     total = 0
     for line in raw.read_text().splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
-        frames = [_function(f) for f in stack.split(";")[1:]]  # [0] is the process or thread
+        raw_frames = stack.split(";")
+        if raw_frames[0].startswith(("process ", "thread (")):
+            raw_frames = raw_frames[1:]
+        frames = [_function(f) for f in raw_frames]
         if not frames:
             continue
         total += count
         own[frames[-1]] += count
         for name in set(frames):
             inclusive[name] += count
+        packages[_package(raw_frames)] += count
     if not total:
         return ["(no samples)"]
     lines = [f"{total} samples", "", "own samples (where the CPU was):"]
     lines += [f"  {n / total:6.1%}  {name}" for name, n in own.most_common(top)]
     lines += ["", "inclusive samples (what it was doing):"]
     lines += [f"  {n / total:6.1%}  {name}" for name, n in inclusive.most_common(top)]
+    lines += ["", "own samples by package (standard library: its caller's):"]
+    lines += [f"  {n / total:6.1%}  {name}" for name, n in packages.most_common(top)]
     return lines
 
 
@@ -164,8 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--generators", type=int, default=4)
     parser.add_argument("--native", action="store_true", help="include C frames (py-spy)")
     args = parser.parse_args(argv)
-    if shutil.which("py-spy") is None:
-        print("py-spy is not installed: pip install py-spy", file=sys.stderr)
+    if not have_py_spy():
         return 2
     return uvloop.run(_run(args))
 

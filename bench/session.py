@@ -101,9 +101,11 @@ class Session:
         reconnect: bool = False,
         reconnect_jitter_s: float = 0.2,
         generators: int = 2,
+        home_nodes: int = 0,
     ) -> Self:
         """Start the servers and the generators; with `reconnect`, a subscriber the server
-        closes comes back to the next node (positioned if the topology says so)."""
+        closes comes back to the next node (positioned if the topology says so); `home_nodes`:
+        see `Layout`."""
         secret = new_secret()
         build = TOPOLOGIES[topology] if isinstance(topology, str) else topology
         spec = with_env(build(free_port, secret), env or {})
@@ -116,6 +118,7 @@ class Session:
             positioned=spec.positioned,
             reconnect=reconnect,
             reconnect_jitter_s=reconnect_jitter_s,
+            home_nodes=home_nodes,
         )
         swarm = Swarm.start(generators, secret, layout)
         return cls(server, secret, swarm, http)

@@ -34,6 +34,8 @@ class ConnectOutcome:
     seconds: float
     max_cpu_share: float
     errors: list[str]
+    handshakes: list[tuple[int, int]]
+    """Per client subscribed: ns from TCP connect to 101, and segments sent again meanwhile."""
 
     @property
     def rate(self) -> float:
@@ -136,6 +138,7 @@ class Swarm:
                 (r["cpu_s"] / r["wall_s"] for r in active if r["wall_s"] > 0), default=0.0
             ),
             errors=[e for r in replies for e in r["errors"]],
+            handshakes=[tuple(h) for r in replies for h in r["handshakes"]],
         )
 
     async def arm(self, per_channel: dict[str, int] | None) -> int:
@@ -146,13 +149,18 @@ class Swarm:
         )
         return sum(r["target"] for r in replies)
 
-    async def status(self) -> dict[str, Any]:
-        """Clients subscribed right now over all generators, and every return after a close."""
-        replies = await self._all([{"op": "status"}] * len(self._handles), 30.0)
+    async def status(self, since_ns: int = 0, returns: bool = True) -> dict[str, Any]:
+        """Clients subscribed right now over all generators, the sockets closed since
+        `since_ns` and subscribed again, and (`returns`) every return after a close so far."""
+        command = {"op": "status", "since_ns": since_ns, "returns": returns}
+        replies = await self._all([command] * len(self._handles), 30.0)
         return {
             "ready": sum(r["ready"] for r in replies),
             "per_node": [sum(n) for n in zip(*(r["per_node"] for r in replies), strict=True)],
             "clients": sum(r["clients"] for r in replies),
+            "displaced": sum(r["displaced"] for r in replies),
+            "back": sum(r["back"] for r in replies),
+            "back_ns": max(r["back_ns"] for r in replies),
             "returns": [t for r in replies for t in r["returns"]],
             "frames": sum(r["frames"] for r in replies),
             "cpu_s": [r["cpu_s"] for r in replies],
