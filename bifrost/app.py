@@ -24,6 +24,7 @@ from bifrost.blueprints import all_blueprints
 from bifrost.blueprints.pages import api_pages_in_development_only
 from bifrost.brokers.base import Broker, HistoryLimits
 from bifrost.brokers.local import LocalBroker
+from bifrost.collector import settle_collector
 from bifrost.errors import JSONErrorHandler
 from bifrost.limits import raise_open_file_limit, widen_accept_queues
 from bifrost.logs import configure_logging, redact_query_tokens, sanic_log_config
@@ -90,6 +91,7 @@ def create_app(settings: Settings | None = None, name: str = "bifrost") -> Sanic
     app.before_server_start(stop_server_on_signals)
     app.before_server_start(open_service)
     app.after_server_start(widen_accept_queue)
+    app.after_server_start(settle_garbage_collector)
     app.before_server_stop(begin_stopping, priority=BEGIN_STOPPING_PRIORITY)
     app.before_server_stop(close_service)
     return app
@@ -157,6 +159,12 @@ async def widen_accept_queue(app: Sanic[Any, Any]) -> None:
     held = service_of(app).settings.max_connections + REFUSAL_HEADROOM
     if not widen_accept_queues(max(held, SANIC_BACKLOG)):
         logger.warning("no listening socket found: the accept queue stays at Sanic's 100")
+
+
+async def settle_garbage_collector(app: Sanic[Any, Any]) -> None:
+    """Once the worker has started, leave what start-up made out of later collections
+    (`bifrost.collector`)."""
+    settle_collector()
 
 
 def _checked_settings(app: Sanic[Any, Any]) -> Settings:
