@@ -33,9 +33,9 @@ from bifrost.metrics import socket_closed_by_server
 from bifrost.rules.event_ids import Cursor
 from bifrost.rules.history import Entry
 from bifrost.rules.liveness import Liveness
-from bifrost.rules.positions import Position
 from bifrost.rules.protocol import RATE_LIMIT, SLOW_CONSUMER, ClientFrames, Close, text_frame
 from bifrost.rules.registry import write_gathered
+from bifrost.subscribers import JsonFrame
 
 __all__ = ["CLOSE_HANDSHAKE_TIMEOUT", "SocketEvents", "Subscriber"]
 
@@ -127,12 +127,12 @@ class Subscriber(asyncio.Protocol):
             write_gathered(self)
             self.write(frame)
 
-    def send_json(self, body: bytes, positions: Iterable[tuple[str, Position]] = ()) -> None:
-        """Write one frame's JSON as a text frame, unless the socket is closing; its positions
-        are in the JSON already."""
+    def send_json(self, frames: Iterable[JsonFrame]) -> None:
+        """Write each frame's JSON as a text frame, all in one write, unless the socket is
+        closing; their positions are in the JSON already."""
         if not self.closed:
             write_gathered(self)
-            self.write(text_frame(body))
+            self.write(b"".join(text_frame(body) for body, _ in frames))
 
     def pause_writing(self) -> None:
         """The transport's unsent bytes passed the bound: a client that reads this slowly is

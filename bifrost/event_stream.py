@@ -27,9 +27,9 @@ from bifrost.rules.event_ids import Cursor
 from bifrost.rules.event_stream import COMMENT, closing_comment, id_event
 from bifrost.rules.history import Entry
 from bifrost.rules.liveness import Liveness
-from bifrost.rules.positions import Position
 from bifrost.rules.protocol import SLOW_CONSUMER, Close
 from bifrost.rules.registry import write_gathered
+from bifrost.subscribers import JsonFrame
 
 __all__ = ["EventStream", "StreamEvents"]
 
@@ -102,16 +102,20 @@ class EventStream(asyncio.Protocol):
 
     # Writing
 
-    def send_json(self, body: bytes, positions: Iterable[tuple[str, Position]] = ()) -> None:
-        """Write one frame's JSON as an event whose id takes in the frame's positions."""
+    def send_json(self, frames: Iterable[JsonFrame]) -> None:
+        """Write each frame's JSON as an event whose id takes in the frame's positions, all in
+        one write."""
         if self.closed:
             return
         cursor = self.cursor
         assert cursor is not None, "a stream has a cursor from its start"
-        if positions:
-            cursor = self.cursor = cursor.advanced(positions)
+        events = []
+        for body, positions in frames:
+            if positions:
+                cursor = self.cursor = cursor.advanced(positions)
+            events.append(id_event(body, cursor.id))
         write_gathered(self)
-        self.write(id_event(body, cursor.id))
+        self.write(b"".join(events))
 
     def ping(self, now: float) -> None:
         """A comment line: the browser ignores it, and the write fails once the peer is gone."""

@@ -13,7 +13,10 @@ from bifrost.rules.positions import Position
 from bifrost.rules.protocol import Close
 from bifrost.rules.registry import Listener
 
-__all__ = ["Connected"]
+__all__ = ["Connected", "JsonFrame"]
+
+# A frame's JSON, and the positions it stands at (none for a reply without positions).
+JsonFrame = tuple[bytes, Iterable[tuple[str, Position]]]
 
 
 class Connected(Listener, Protocol):
@@ -27,9 +30,10 @@ class Connected(Listener, Protocol):
         """The client's IP address, for the log."""
         ...
 
-    def send_json(self, body: bytes, positions: Iterable[tuple[str, Position]] = ()) -> None:
-        """Send one frame's JSON, unless the subscriber is closing; `positions` are where the
-        frame stands, which an event stream's id takes in."""
+    def send_json(self, frames: Iterable[JsonFrame]) -> None:
+        """Send these frames' JSON, in order and in one write, unless the subscriber is
+        closing; each frame's positions are where it stands, which an event stream's id takes
+        in."""
         ...
 
     def close(self, close: Close) -> None:

@@ -156,3 +156,20 @@ async def test_a_burst_over_the_bound_closes_the_socket_after_its_frames():
     assert registry.deliver(["c"], b"after") == 0
     turns.end()
     assert len(transport.written) == 3
+
+
+async def test_replies_and_recovered_frames_follow_the_burst_in_one_write():
+    """A recovery's replies and missed messages, sent in the turn of a burst, go out after the
+    burst's gathered frames, together in one write and in their order."""
+    turns = Turns()
+    registry: ChannelRegistry[Subscriber] = ChannelRegistry(turns)
+    subscriber, transport = subscribed_socket(registry)
+    registry.deliver(["c"], b"0")
+    registry.deliver(["c"], b"1")
+    subscriber.send_json([(b'{"event":"subscribed"}', ()), (b'{"n":"missed"}', ())])
+    turns.end()
+    assert transport.written == [
+        text_frame(b"0"),
+        text_frame(b"1"),
+        text_frame(b'{"event":"subscribed"}') + text_frame(b'{"n":"missed"}'),
+    ]

@@ -62,7 +62,7 @@ from bifrost.rules.protocol import (
 )
 from bifrost.rules.tokens import TokenRejected
 from bifrost.service import Service, context_of, service_of
-from bifrost.subscribers import Connected
+from bifrost.subscribers import Connected, JsonFrame
 
 __all__ = ["subscribe_bp"]
 
@@ -376,16 +376,19 @@ class Subscriptions:
         recovery = plan_recovery(
             new, since, snapshots, settings.history_size, settings.max_pending_bytes // 2
         )
+        frames: list[JsonFrame] = []
         for channel in channels:
             start = recovery.starts.get(channel)
             if start is None:  # heard already: its messages simply go on
-                subscriber.send_json(subscribed_json(channel))
+                frames.append((subscribed_json(channel), ()))
             else:
                 recovered = recovery.recovered.get(channel)
                 reply = positioned_subscribed_json(channel, start, recovered)
-                subscriber.send_json(reply, ((channel, start),))
+                frames.append((reply, ((channel, start),)))
         for entry in recovery.messages(held, subscriber.channels):
-            subscriber.send_json(positioned_json(entry.payload, entry.positions), entry.positions)
+            frames.append((positioned_json(entry.payload, entry.positions), entry.positions))
+        # One write for the replies and what was missed: a storm's sockets each recover at once.
+        subscriber.send_json(frames)
 
     def _unavailable(self, subscriber: Connected, error: BrokerUnavailable) -> None:
         """The broker cannot say the socket hears its channels: it must come back later."""
@@ -411,8 +414,7 @@ class Subscriptions:
 def _confirm(subscriber: Connected, channels: list[str], unrecovered: Collection[str]) -> None:
     """`subscribed` for each channel; with history off, one that `since` named is not
     recovered, there being nothing to resume from."""
-    for channel in channels:
-        if channel in unrecovered:
-            subscriber.send_json(unpositioned_subscribed_json(channel))
-        else:
-            subscriber.send_json(subscribed_json(channel))
+    subscriber.send_json(
+        (unpositioned_subscribed_json(c) if c in unrecovered else subscribed_json(c), ())
+        for c in channels
+    )
