@@ -24,6 +24,7 @@ from typing import Any, cast
 
 import httptools
 from sanic import Sanic
+from sanic.http import Http
 from websockets.exceptions import InvalidHeader
 
 from bifrost import metrics
@@ -38,8 +39,6 @@ __all__ = ["FrontProtocol"]
 logger = logging.getLogger("bifrost.connections")
 
 SUBSCRIBE_PATH = b"/subscribe"
-# Past this, a head still not complete is Sanic's to refuse (its own header limit is 8 KiB).
-MAX_FRONT_HEAD_BYTES = 8192
 # Headers that make the request one Sanic must read: a body, or an answer it waits for.
 SANIC_ONLY_HEADERS = frozenset({"content-length", "transfer-encoding", "expect"})
 
@@ -108,7 +107,7 @@ class FrontProtocol(asyncio.Protocol):
         except httptools.HttpParserError:
             self._to_sanic()
         else:
-            if len(self._head) > MAX_FRONT_HEAD_BYTES or self._parser.get_method() != b"GET":
+            if len(self._head) >= Http.HEADER_MAX_SIZE or self._parser.get_method() != b"GET":
                 self._to_sanic()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -149,6 +148,8 @@ class FrontProtocol(asyncio.Protocol):
         if (
             transport is None
             or head_end < 4
+            # A head past Sanic's header limit is Sanic's to refuse (413), as it always was.
+            or head_end - 4 >= Http.HEADER_MAX_SIZE
             or path != SUBSCRIBE_PATH
             or self._parser.get_http_version() != "1.1"
             or not self._head[:head_end].isascii()

@@ -133,3 +133,13 @@ def test_an_origin_named_twice_is_judged_by_its_first(start_server, origins, sta
         while b"\r\n\r\n" not in answer:
             answer += sock.recv(65536)
     assert answer.startswith(f"HTTP/1.1 {status} ".encode())
+
+
+def test_an_upgrade_head_past_sanics_header_limit_is_refused_413(live, connection):
+    """However the head is read, one longer than the header limit gets Sanic's 413."""
+    _, head = upgrade_request(live, ("X-Padding", "a" * 20_000))
+    connection.sendall(head)
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        answer += connection.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 413 ")
