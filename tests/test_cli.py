@@ -6,19 +6,24 @@ import json
 import os
 import queue
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO
 
 import httpx
 import jwt
 import pytest
+from websockets.http11 import Request
+from websockets.server import ServerProtocol
 from websockets.sync.client import ClientConnection, connect
 
+from bifrost.client.cli import CLOSE_TIMEOUT
 from tests.delay_proxy import DelayProxy
 from tests.live import SECRET, BifrostServer, free_port, subscribe_token
 from tests.redis_server import RedisServer
@@ -262,6 +267,46 @@ def test_listen_interrupted_exits_130(server: BifrostServer, workdir: Path):
         assert listener.process.wait(RUN_TIMEOUT) == 130
         time.sleep(0.1)
         assert "Traceback" not in "".join(listener.stderr.queue)
+
+
+def test_listen_interrupted_exits_130_when_the_server_never_answers_its_close(workdir: Path):
+    """Ctrl-C leaves within the close timeout even when the server has stopped answering."""
+    with _mute_server() as port:
+        env = environ(JWT_SECRET=SECRET, BIFROST_URL=f"http://127.0.0.1:{port}")
+        with _listening(env, workdir, "cli:mute") as listener:
+            _wait_for_line(listener.stderr, "subscribed to cli:mute")
+            interrupted = time.monotonic()
+            listener.process.send_signal(signal.SIGINT)
+            assert listener.process.wait(RUN_TIMEOUT) == 130
+            assert time.monotonic() - interrupted < 2 * CLOSE_TIMEOUT + 1
+
+
+@contextmanager
+def _mute_server() -> Iterator[int]:
+    """A websocket server that answers the handshake and says `subscribed` to cli:mute, then
+    reads on and answers nothing (a server hung, or a network gone silent)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        peer, _ = listener.accept()
+        with peer:
+            server = ServerProtocol()
+            while not (events := server.events_received()):
+                server.receive_data(peer.recv(65536))
+            assert isinstance(events[0], Request)
+            server.send_response(server.accept(events[0]))
+            channel = json.dumps({"channel": "cli:mute"})
+            server.send_text(json.dumps({"event": "subscribed", "data": channel}).encode())
+            peer.sendall(b"".join(server.data_to_send()))
+            with suppress(OSError):
+                while peer.recv(65536):
+                    pass
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        listener.close()
 
 
 def test_serve_runs_the_service(workdir: Path):

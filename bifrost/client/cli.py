@@ -38,6 +38,10 @@ EXIT_INTERRUPTED = 130
 # Close codes after which connecting again cannot help: the token or the frames were refused.
 FINAL_CLOSE_CODES = {1003, 1008, 1009}
 RECONNECT_DELAYS = (0.5, 1.0, 2.0, 5.0)
+# How long leaving (Ctrl-C) waits for the server's answer to the close frame, as the server
+# waits for a client's: the library's default of 10 s, twice over when the server never
+# answers, made Ctrl-C look ignored.
+CLOSE_TIMEOUT = 2.0
 
 DESCRIPTION = """\
 Bifröst: realtime broadcasts from your application's server to browsers over websockets.
@@ -255,7 +259,7 @@ async def _listen_until_done(ws_url: str, token: str, count: int | None) -> int:
     since: dict[str, Any] = {}
     while True:
         try:
-            async with connect(ws_url, open_timeout=10) as ws:
+            async with connect(ws_url, open_timeout=10, close_timeout=CLOSE_TIMEOUT) as ws:
                 connected_once = True
                 authenticate = {"event": "authenticate", "data": token, "since": since}
                 await ws.send(json.dumps(authenticate))
