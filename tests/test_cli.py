@@ -344,12 +344,22 @@ def test_serve_dev_opens_the_playground(workdir: Path):
         assert page.status_code == 200 and "playground" in page.text
 
 
+# Starts the command with Ctrl-C's default disposition, as a terminal does: a process started
+# in the background of a script inherits SIGINT ignored, and so would the command.
+AS_FROM_A_TERMINAL = (
+    sys.executable,
+    "-c",
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execv(sys.argv[1], sys.argv[1:])",
+)
+
+
 class _listening:
     """`bifrost listen ARGS` in the background, its lines collected as they come."""
 
     def __init__(self, env: Mapping[str, str], cwd: Path, *args: str) -> None:
         self.process = subprocess.Popen(
-            [str(BIFROST), "listen", *args],
+            [*AS_FROM_A_TERMINAL, str(BIFROST), "listen", *args],
             env=dict(env),
             cwd=cwd,
             stdout=subprocess.PIPE,
