@@ -100,7 +100,7 @@ RECONNECT_BACKOFF = (0.1, 0.2, 0.5, 1.0)
 # of this size, short enough not to hold Redis up for other clients.
 SNAPSHOT_BATCH = 512
 # What the reply channel carries to mark where a snapshot's read was, beside answers.
-BARRIER_PREFIX = "barrier "
+BARRIER_PREFIX = b"barrier "
 # How long a stop waits for a cancelled task before it cancels it again.
 CANCEL_RETRY_INTERVAL = 0.1
 
@@ -353,7 +353,7 @@ class RedisBroker(Broker):
         the batch hears BrokerUnavailable if Redis does not answer within the bound."""
         assert self._history is not None, "asked only with history on"
         names = self._names
-        barrier = f"{BARRIER_PREFIX}{uuid.uuid4().hex}".encode()
+        barrier = BARRIER_PREFIX + uuid.uuid4().hex.encode()
         arrived: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._barriers[barrier] = arrived
         args: list[bytes | str | int] = [
@@ -497,7 +497,7 @@ class RedisBroker(Broker):
             if barrier is not None:
                 if not barrier.done():
                     barrier.set_result(None)
-            elif not data.startswith(BARRIER_PREFIX.encode()):
+            elif not data.startswith(BARRIER_PREFIX):
                 self._take_answer(data)
             # else the barrier of a read that gave up waiting for it
         elif kind == "message":
