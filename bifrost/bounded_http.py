@@ -19,12 +19,13 @@ from collections.abc import Collection
 from time import monotonic
 from typing import Any, cast
 
-from sanic import Request, Sanic
+from sanic import Request
 from sanic.exceptions import RequestTimeout
 from sanic.http import Http, Stage
 from sanic.server import HttpProtocol
 
 from bifrost import metrics
+from bifrost.rules.registry import ChannelRegistry
 from bifrost.service import service_of
 
 __all__ = ["BoundedHttpProtocol", "close_after_answer", "count_open", "open_connections"]
@@ -104,13 +105,13 @@ def open_connections(request: Request) -> int:
     """Every open connection of the request's worker, the request's own included."""
     # Typed as any protocol; a request reaches a handler only over Sanic's HTTP/1.1 one.
     http = cast(HttpProtocol, request.transport.get_protocol())
-    return count_open(http.app, http.connections)
+    return count_open(http.connections, service_of(http.app).registry)
 
 
-def count_open(app: Sanic[Any, Any], connections: Collection[object]) -> int:
+def count_open(connections: Collection[object], registry: ChannelRegistry[Any]) -> int:
     """HTTP connections not yet upgraded (Sanic's set, shared by the worker's connections)
     and websockets (`bifrost.handshake` moves a connection from the one to the other)."""
-    return len(connections) + service_of(app).registry.connected
+    return len(connections) + registry.connected
 
 
 def close_after_answer(request: Request) -> None:

@@ -88,8 +88,9 @@ class FrontProtocol(asyncio.Protocol):
         transport = cast(asyncio.Transport, transport)
         self._transport = transport
         self.connections.add(self)
-        max_connections = service_of(self.app).settings.max_connections
-        if closed_unanswered(count_open(self.app, self.connections), max_connections):
+        service = service_of(self.app)
+        max_connections = service.settings.max_connections
+        if closed_unanswered(count_open(self.connections, service.registry), max_connections):
             ceiling = max_connections + REFUSAL_HEADROOM
             logger.warning("closed connection unanswered: %d connections open", ceiling)
             metrics.http_connection_closed("overflow")
@@ -170,7 +171,7 @@ class FrontProtocol(asyncio.Protocol):
             origin=named.get("origin"),
             allowed_origins=settings.allowed_origins,
             stopping=service.stopping.is_set(),
-            open_connections=count_open(self.app, self.connections),
+            open_connections=count_open(self.connections, service.registry),
             max_connections=settings.max_connections,
         )
         if refusal is not None:
