@@ -19,7 +19,7 @@ from typing import Any
 
 from bench.broadcaster import SteadyOutcome
 from bench.keepalive import KeepAliveClient
-from bench.runner import percentile
+from bench.runner import info_stats, percentile
 from bench.servers import ServerSpec, bifrost_redis_pair
 from bench.session import Session, wait_until
 
@@ -210,16 +210,9 @@ async def _cluster_connected(url: str, expected: int) -> int:
     try:
 
         async def agrees() -> bool:
-            return int((await _stats(http))["connected"]) == expected
+            return int((await info_stats(http))["connected"]) == expected
 
         await wait_until(agrees, 5.0)
-        return int((await _stats(http))["connected"])
+        return int((await info_stats(http))["connected"])
     finally:
         await http.close()
-
-
-async def _stats(http: KeepAliveClient) -> dict[str, Any]:
-    status, body = await http.get_json("/info.json")
-    if status != 200 or not isinstance(body, dict):
-        raise RuntimeError(f"/info.json answered {status} {body!r}")
-    return dict(body["stats"])

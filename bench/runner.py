@@ -20,7 +20,7 @@ from bench.scenarios import Scenario
 from bench.servers import RunningServer, ServerSpec, start_server
 from bench.swarm import Swarm
 
-__all__ = ["Options", "RunResult", "StepResult", "run_once"]
+__all__ = ["Options", "RunResult", "StepResult", "info_stats", "run_once"]
 
 GENERATOR_CPU_LIMIT = 0.5
 """Above half a core, a generator process may be what sets the pace: the run gets a warning."""
@@ -67,7 +67,8 @@ def percentile(ordered: array[int] | list[int], fraction: float) -> int:
     return ordered[rank - 1]
 
 
-async def _stats(http: KeepAliveClient) -> dict[str, Any]:
+async def info_stats(http: KeepAliveClient) -> dict[str, Any]:
+    """The `stats` of /info.json, asked again on a new connection if the idle one was closed."""
     try:
         status, body = await http.get_json("/info.json")
     except (asyncio.IncompleteReadError, ConnectionResetError):
@@ -87,7 +88,7 @@ async def _stats_when(
     totals come from each node's heartbeat, a second old at most."""
     deadline = time.monotonic() + STATS_SETTLE_S
     while True:
-        stats = await _stats(http)
+        stats = await info_stats(http)
         if agrees(stats) or time.monotonic() > deadline:
             return stats
         await asyncio.sleep(0.1)
@@ -267,7 +268,7 @@ async def run_once(
     http = KeepAliveClient.for_url(server.http_url)
     try:
         await _warm_up(server, secret)
-        stats0 = await _stats(http)
+        stats0 = await info_stats(http)
         await asyncio.sleep(options.settle_s)
         baseline_rss = server.sample().rss_bytes
         layout = Layout(
