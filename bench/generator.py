@@ -347,6 +347,9 @@ class Subscriber(WSListener):  # type: ignore[misc]
                 url,  # type: ignore[misc]
                 websocket_handshake_timeout=timeout_s,
                 read_buffer_init_size=READ_BUFFER_BYTES,
+                # uvloop's own connect, in C: picows' default (aiofastnet's, in Python) took a
+                # quarter of a generator's CPU in a reconnect storm, CPU the servers share.
+                use_aiofastnet=False,
             )
             self.handshake_ns = time.monotonic_ns() - started
             await asyncio.wait_for(self.subscribed, timeout_s)

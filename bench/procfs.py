@@ -17,6 +17,7 @@ __all__ = [
     "TreeSample",
     "descendants",
     "listen_overflows",
+    "machine_idle_s",
     "reset_tree_peak",
     "sample_tree",
     "syn_retransmits",
@@ -147,6 +148,14 @@ def _tcp_ext(name: str) -> int:
             table = dict(zip(names.split()[1:], values.split()[1:], strict=True))
             return int(table.get(name, 0))
     return 0
+
+
+def machine_idle_s() -> float:
+    """Seconds the machine's cores have spent idle so far, all cores summed (/proc/stat):
+    over a span, the span times the core count less this is what every process took."""
+    fields = (PROC / "stat").read_text().split("\n", 1)[0].split()
+    idle, iowait = int(fields[4]), int(fields[5])
+    return (idle + iowait) / CLOCK_TICKS_PER_S
 
 
 def listen_overflows() -> int:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import statistics
 import subprocess
@@ -36,7 +37,7 @@ import uvloop
 
 from bench.broadcaster import broadcast_steadily
 from bench.plan import channel_name
-from bench.procfs import listen_overflows, sample_tree, syn_retransmits
+from bench.procfs import listen_overflows, machine_idle_s, sample_tree, syn_retransmits
 from bench.profile import PROFILE_DIR, Recording, have_py_spy, summarize
 from bench.recovery import (
     close_lines,
@@ -59,6 +60,7 @@ SLOW_HANDSHAKE_NS = 900_000_000
 waited for it, or for a busy server."""
 PY_SPY_ATTACH_S = 1.0
 PROFILE_PHASE = "reconnect-storm"
+CORES = os.cpu_count() or 1
 
 
 @dataclass(slots=True)
@@ -74,22 +76,46 @@ class Connects:
     faults: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class Span:
+    """What the machine did over a span of a run, beyond the server under test."""
+
+    syn_retransmits: int
+    listen_overflows: int
+    generator_cores: float
+    """The busiest generator's CPU, in cores."""
+    busy_cores: float
+    """Every process's CPU together, in cores (of `os.cpu_count()`)."""
+
+    def line(self) -> str:
+        return (
+            f"busiest generator {self.generator_cores:.2f} cores; the machine busy "
+            f"{self.busy_cores:.2f} of {CORES} cores"
+        )
+
+
 class Counters:
-    """Machine-wide TCP counters and the busiest generator's CPU from one moment on."""
+    """Machine-wide TCP and CPU counters and the busiest generator's CPU from one moment on."""
 
     def __init__(self, generator_cpu_s: list[float]) -> None:
         self.syn0, self.overflows0 = syn_retransmits(), listen_overflows()
+        self.idle0 = machine_idle_s()
         self.generators0 = generator_cpu_s
         self.t0 = time.monotonic()
 
-    def close(self, generator_cpu_s: list[float]) -> tuple[int, int, float]:
-        """SYNs sent again, connections dropped by full accept queues, busiest generator's
-        cores, since the start."""
+    def close(self, generator_cpu_s: list[float]) -> Span:
+        """What the machine did since the start."""
         wall_s = time.monotonic() - self.t0
         cores = max(
             (b - a) / wall_s for a, b in zip(self.generators0, generator_cpu_s, strict=True)
         )
-        return syn_retransmits() - self.syn0, listen_overflows() - self.overflows0, cores
+        idle_cores = (machine_idle_s() - self.idle0) / wall_s
+        return Span(
+            syn_retransmits() - self.syn0,
+            listen_overflows() - self.overflows0,
+            cores,
+            CORES - idle_cores,
+        )
 
 
 async def _storm(args: argparse.Namespace, profile: bool) -> Connects:
@@ -122,12 +148,12 @@ async def _storm(args: argparse.Namespace, profile: bool) -> Connects:
         if recording is not None:
             await asyncio.sleep(PY_SPY_ATTACH_S)
         counters = Counters((await session.swarm.status(returns=False))["cpu_s"])
-        b0, redis0 = sample_tree([node_b.pid]), sample_tree([redis.pid])
+        a0, b0, redis0 = (sample_tree([p.pid]) for p in (node_a, node_b, redis))
         sigterm_ns = time.monotonic_ns()
         node_a.send_signal(signal.SIGTERM)
         back_ns, status = await wait_back(session, sigterm_ns, args.sockets, STORM_TIMEOUT_S)
-        b1, redis1 = sample_tree([node_b.pid]), sample_tree([redis.pid])
-        syn, overflows, generator_cores = counters.close(status["cpu_s"])
+        a1, b1, redis1 = (sample_tree([p.pid]) for p in (node_a, node_b, redis))
+        span = counters.close(status["cpu_s"])
         if recording is not None:
             recording.stop()
         exited = await _exited(node_a)
@@ -147,7 +173,7 @@ async def _storm(args: argparse.Namespace, profile: bool) -> Connects:
         subscribed = max((r[2] for r in returns), default=back_ns)
         recovered = max((r[5] for r in returns), default=subscribed)
         done = max(subscribed, recovered)
-        handshake, retried = _handshake_line([(r[6], r[7]) for r in returns], syn, overflows)
+        handshake, retried = _handshake_line([(r[6], r[7]) for r in returns], span)
         per = 1e6 / args.sockets
         lines += [
             f"  first 1012 {ms(first_close - sigterm_ns)} after SIGTERM; all subscribed "
@@ -155,8 +181,8 @@ async def _storm(args: argparse.Namespace, profile: bool) -> Connects:
             f"({ms(done - sigterm_ns)} after SIGTERM)",
             f"  node B: {(b1.cpu_s - b0.cpu_s) * per:.0f} µs CPU per reconnection (user "
             f"{(b1.user_s - b0.user_s) * per:.0f}, kernel {(b1.sys_s - b0.sys_s) * per:.0f}); "
-            f"Redis {(redis1.cpu_s - redis0.cpu_s) * per:.0f} µs; busiest generator "
-            f"{generator_cores:.2f} cores",
+            f"node A (closing them) {(a1.cpu_s - a0.cpu_s) * per:.0f} µs; Redis "
+            f"{(redis1.cpu_s - redis0.cpu_s) * per:.0f} µs; {span.line()}",
             handshake,
         ]
         lines += return_lines(returns, args.history)
@@ -172,7 +198,7 @@ async def _storm(args: argparse.Namespace, profile: bool) -> Connects:
         await session.close()
 
 
-def _handshake_line(handshakes: list[tuple[int, int]], syn: int, overflows: int) -> tuple[str, int]:
+def _handshake_line(handshakes: list[tuple[int, int]], span: Span) -> tuple[str, int]:
     """What the handshakes (TCP connect to 101) took, and how many sent a segment again."""
     took = sorted(h[0] for h in handshakes)
     retried = sum(1 for h in handshakes if h[1])
@@ -180,8 +206,8 @@ def _handshake_line(handshakes: list[tuple[int, int]], syn: int, overflows: int)
     line = (
         f"  handshakes (TCP connect to 101): p50 {ms(percentile(took, 0.5))}, p99 "
         f"{ms(percentile(took, 0.99))}, {slow:,} over {ms(SLOW_HANDSHAKE_NS)}; {retried:,} "
-        f"needed a segment sent again (SYN or request; machine-wide {syn:,} SYNs sent again, "
-        f"{overflows:,} connections dropped by full accept queues)"
+        f"needed a segment sent again (SYN or request; machine-wide {span.syn_retransmits:,} "
+        f"SYNs sent again, {span.listen_overflows:,} connections dropped by full accept queues)"
     )
     return line, retried
 
@@ -214,10 +240,8 @@ async def _reference(args: argparse.Namespace) -> Connects:
             args.sockets, concurrency=args.sockets, timeout_s=60.0
         )
         after = session.server.sample()
-        syn, overflows, generator_cores = counters.close(
-            (await session.swarm.status(returns=False))["cpu_s"]
-        )
-        handshake, retried = _handshake_line(outcome.handshakes, syn, overflows)
+        span = counters.close((await session.swarm.status(returns=False))["cpu_s"])
+        handshake, retried = _handshake_line(outcome.handshakes, span)
         per = 1e6 / args.sockets
         faults = []
         if outcome.failed:
@@ -226,8 +250,7 @@ async def _reference(args: argparse.Namespace) -> Connects:
             f"  all {outcome.ok:,} subscribed {outcome.seconds * 1e3:,.0f} ms after the first "
             f"connect; {(after.cpu_s - before.cpu_s) * per:.0f} µs CPU per connection (user "
             f"{(after.user_s - before.user_s) * per:.0f}, kernel "
-            f"{(after.sys_s - before.sys_s) * per:.0f}); busiest generator "
-            f"{generator_cores:.2f} cores",
+            f"{(after.sys_s - before.sys_s) * per:.0f}); {span.line()}",
             handshake,
         ]
         return Connects(

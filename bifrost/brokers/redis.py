@@ -96,9 +96,13 @@ HEARTBEAT_TTL = 3
 # The set naming every node outlives its members, and vanishes once a deployment is gone.
 NODES_TTL = 60
 RECONNECT_BACKOFF = (0.1, 0.2, 0.5, 1.0)
-# Channels read by one snapshot script call at most: the snapshots of a loop turn share calls
+# Channels read by one snapshot script call at most: the snapshots asked together share calls
 # of this size, short enough not to hold Redis up for other clients.
 SNAPSHOT_BATCH = 512
+# Snapshot reads out at once. Snapshots asked while this many are out wait, and go together in
+# one call when one comes back: in a reconnect storm the sockets authenticate one or two per
+# loop turn, and a call per turn was nearly a call per socket.
+SNAPSHOT_READS_IN_FLIGHT = 2
 # What the reply channel carries to mark where a snapshot's read was, beside answers.
 BARRIER_PREFIX = b"barrier "
 # How long a stop waits for a cancelled task before it cancels it again.
@@ -157,9 +161,11 @@ class RedisBroker(Broker):
         self._snapshot_script = self._commands.register_script(SNAPSHOT_SCRIPT)
         # Per snapshot awaiting its barrier on the reply channel, the end of its wait.
         self._barriers: dict[bytes, asyncio.Future[None]] = {}
-        # Snapshots asked this loop turn, read together at its end, and the reads in flight.
+        # Snapshots asked and not yet read, the reads in flight, and whether a read of what is
+        # asked is due at the end of this loop turn.
         self._asked: list[SnapshotAsk] = []
         self._reads: set[asyncio.Task[None]] = set()
+        self._read_due = False
         # Per channel, the subscriptions asked of Redis and the answers owed; commands for the
         # pub/sub connection wait in its outbox, sent in order by the task that owns it.
         self._book: SubscriptionBook[asyncio.Future[None]] = SubscriptionBook(self._new_waiter)
@@ -311,28 +317,43 @@ class RedisBroker(Broker):
     async def snapshot(
         self, channels: Sequence[str], since: Mapping[str, Position]
     ) -> dict[str, ChannelSnapshot]:
-        """Read the streams, with the other snapshots asked in the same loop turn, in one
-        script call; the reply is used once its barrier has come back through the pub/sub
-        connection, behind every live message published before the read.
+        """Read the streams, with the other snapshots asked meanwhile, in one script call;
+        the reply is used once its barrier has come back through the pub/sub connection,
+        behind every live message published before the read.
 
-        A reconnect storm asks thousands at once: one call per turn spares each its own
-        connection checkout, round trip and barrier.
+        A reconnect storm asks thousands at once: a call shared by all those asked in the same
+        loop turn, or while earlier reads were out, spares each its own connection checkout,
+        round trip and barrier. Asked alone, a snapshot is read at the end of the turn.
         """
         if self._history is None:
             raise RuntimeError("history is off: there are no streams to read")
         if self._unavailable:
             raise BrokerUnavailable(self._unavailable)
-        loop = asyncio.get_running_loop()
-        answer: asyncio.Future[dict[str, ChannelSnapshot]] = loop.create_future()
-        if not self._asked:
-            loop.call_soon(self._read_asked)
+        answer: asyncio.Future[dict[str, ChannelSnapshot]] = (
+            asyncio.get_running_loop().create_future()
+        )
         self._asked.append(SnapshotAsk(channels, since, answer))
+        self._read_soon()
         return await answer
 
+    def _read_soon(self) -> None:
+        """Read what is asked at the end of this turn, unless SNAPSHOT_READS_IN_FLIGHT reads
+        are out: then the first of them to come back reads it."""
+        if self._read_due or len(self._reads) >= SNAPSHOT_READS_IN_FLIGHT:
+            return
+        self._read_due = True
+        asyncio.get_running_loop().call_soon(self._read_asked)
+
     def _read_asked(self) -> None:
-        """Read the snapshots asked this turn, in script calls of at most SNAPSHOT_BATCH
-        channels each."""
+        """Read the snapshots asked so far, in script calls of at most SNAPSHOT_BATCH channels
+        each; once the broker stops, tell them it cannot."""
+        self._read_due = False
         asked, self._asked = self._asked, []
+        if self._stopping:
+            for ask in asked:
+                if not ask.answer.done():  # else its socket went meanwhile
+                    ask.answer.set_exception(BrokerUnavailable("the broker is stopping"))
+            return
         batch: list[SnapshotAsk] = []
         size = 0
         for ask in asked:
@@ -346,7 +367,13 @@ class RedisBroker(Broker):
     def _start_read(self, batch: list[SnapshotAsk]) -> None:
         read = asyncio.create_task(self._read_snapshots(batch), name="bifrost-redis-snapshot")
         self._reads.add(read)
-        read.add_done_callback(self._reads.discard)
+        read.add_done_callback(self._read_done)
+
+    def _read_done(self, read: asyncio.Task[None]) -> None:
+        """A read is back (or cancelled): what was asked meanwhile goes next."""
+        self._reads.discard(read)
+        if self._asked:
+            self._read_soon()
 
     async def _read_snapshots(self, batch: list[SnapshotAsk]) -> None:
         """One script call for the batch, answered once its barrier is back; every ask of
