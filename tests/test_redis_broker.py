@@ -454,3 +454,47 @@ async def test_socket_whose_channel_redis_does_not_confirm_is_told_to_try_again(
     finally:
         os.kill(redis_server.process.pid, signal.SIGCONT)
     await before.close()
+
+
+def script_calls(redis_server: RedisServer) -> int:
+    """Script calls Redis has run so far (EVALSHA, and EVAL before a script is cached)."""
+    stats = redis_server.client().info("commandstats")
+    return sum(
+        int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in ("evalsha", "eval")
+    )
+
+
+async def recover_once(server: BifrostServer, channel: str) -> dict[str, Any]:
+    """A positioned socket's `subscribed` frame, after it asked from a position unknown there."""
+    async with connect(server.ws_url) as ws:
+        since = {channel: {"epoch": "unknown", "offset": 0}}
+        frame = {"event": "authenticate", "data": subscribe_token([channel]), "since": since}
+        await ws.send(json.dumps(frame))
+        return await receive_json(ws)
+
+
+async def test_recoveries_asked_while_reads_are_out_share_script_calls(
+    far_redis: Callable[[float], DelayProxy], node: Node, redis_server: RedisServer
+):
+    """40 positioned sockets authenticating 10 ms apart, Redis 100 ms away: every one hears
+    where the channel is, and those that ask while earlier history reads are out go together
+    in the next read, in at most half as many script calls as sockets (one each before)."""
+    far = node({"BIFROST_REDIS_URL": far_redis(0.1).url(), "BIFROST_HISTORY_SIZE": "20"})
+    # Heard here already: the sockets wait for no SUBSCRIBE, only for their history.
+    listener = await authenticate(far, ["storm"])
+    await subscribed_to(listener, ["storm"])
+    assert (await post(far, broadcast_token({"event": "kept"}, channel="storm"))).status_code == 200
+    top = (await recover_once(far, "storm"))["positions"]["storm"]  # the script is cached now
+    before = script_calls(redis_server)
+
+    async def recover(n: int) -> dict[str, Any]:
+        await asyncio.sleep(n * 0.01)
+        return await recover_once(far, "storm")
+
+    replies = await asyncio.gather(*(recover(n) for n in range(40)))
+    calls = script_calls(redis_server) - before
+    assert [(r["event"], r["positions"]["storm"], r["recovered"]) for r in replies] == [
+        ("subscribed", top, False)
+    ] * 40
+    assert calls <= 20, f"{calls} script calls for 40 recoveries"
+    await listener.close()
