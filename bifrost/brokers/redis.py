@@ -475,8 +475,8 @@ class RedisBroker(Broker):
                 self._outbox = None
                 self._book.lost()
                 with contextlib.suppress(*REDIS_FAILURES):
-                    # redis-py leaves PubSub.aclose unannotated.
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    # redis-py before 8.2 leaves PubSub.aclose unannotated; 8.2 annotates it.
+                    await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
             if self._unavailable is not None:
                 # Pooled connections to the Redis that went away would each fail once more.
                 with contextlib.suppress(*REDIS_FAILURES):
