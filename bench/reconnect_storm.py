@@ -33,6 +33,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 
+import redis
 import uvloop
 
 from bench.broadcaster import broadcast_steadily
@@ -118,6 +119,16 @@ class Counters:
         )
 
 
+def _script_calls(port: int) -> int:
+    """Script calls the Redis on `port` has run so far: each history read is one, as is each
+    broadcast."""
+    with redis.Redis(port=port, socket_timeout=5) as client:
+        stats = client.info("commandstats")
+    return sum(
+        int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in ("evalsha", "eval")
+    )
+
+
 async def _storm(args: argparse.Namespace, profile: bool) -> Connects:
     """Node A's sockets coming back to node B at once, and everything checked."""
     session = await Session.start(
@@ -133,7 +144,8 @@ async def _storm(args: argparse.Namespace, profile: bool) -> Connects:
     )
     try:
         node_a, node_b = session.server.processes
-        redis = session.server.service_processes[0]
+        redis_server = session.server.service_processes[0]
+        redis_port = session.server.spec.services[0].port
         b_url = session.server.broadcast_urls[1]
         await session.connect(args.sockets, timeout_s=60.0)
         await session.swarm.arm(None)
@@ -148,11 +160,13 @@ async def _storm(args: argparse.Namespace, profile: bool) -> Connects:
         if recording is not None:
             await asyncio.sleep(PY_SPY_ATTACH_S)
         counters = Counters((await session.swarm.status(returns=False))["cpu_s"])
-        a0, b0, redis0 = (sample_tree([p.pid]) for p in (node_a, node_b, redis))
+        a0, b0, redis0 = (sample_tree([p.pid]) for p in (node_a, node_b, redis_server))
+        calls0 = _script_calls(redis_port)
         sigterm_ns = time.monotonic_ns()
         node_a.send_signal(signal.SIGTERM)
         back_ns, status = await wait_back(session, sigterm_ns, args.sockets, STORM_TIMEOUT_S)
-        a1, b1, redis1 = (sample_tree([p.pid]) for p in (node_a, node_b, redis))
+        a1, b1, redis1 = (sample_tree([p.pid]) for p in (node_a, node_b, redis_server))
+        calls = _script_calls(redis_port) - calls0
         span = counters.close(status["cpu_s"])
         if recording is not None:
             recording.stop()
@@ -182,7 +196,8 @@ async def _storm(args: argparse.Namespace, profile: bool) -> Connects:
             f"  node B: {(b1.cpu_s - b0.cpu_s) * per:.0f} µs CPU per reconnection (user "
             f"{(b1.user_s - b0.user_s) * per:.0f}, kernel {(b1.sys_s - b0.sys_s) * per:.0f}); "
             f"node A (closing them) {(a1.cpu_s - a0.cpu_s) * per:.0f} µs; Redis "
-            f"{(redis1.cpu_s - redis0.cpu_s) * per:.0f} µs; {span.line()}",
+            f"{(redis1.cpu_s - redis0.cpu_s) * per:.0f} µs ({calls:,} script calls in all, history "
+            f"reads and broadcasts); {span.line()}",
             handshake,
         ]
         lines += return_lines(returns, args.history)
