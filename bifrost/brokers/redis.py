@@ -101,7 +101,8 @@ RECONNECT_BACKOFF = (0.1, 0.2, 0.5, 1.0)
 SNAPSHOT_BATCH = 512
 # Snapshot reads out at once. Snapshots asked while this many are out wait, and go together in
 # one call when one comes back: in a reconnect storm the sockets authenticate one or two per
-# loop turn, and a call per turn was nearly a call per socket.
+# loop turn, and a call per turn was nearly a call per socket. Each read is bounded by
+# COMMAND_TIMEOUT, so a Redis that stops answering fails a waiting snapshot within twice that.
 SNAPSHOT_READS_IN_FLIGHT = 2
 # What the reply channel carries to mark where a snapshot's read was, beside answers.
 BARRIER_PREFIX = b"barrier "
