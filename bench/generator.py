@@ -337,22 +337,25 @@ class Subscriber(WSListener):  # type: ignore[misc]
         asyncio.get_running_loop().create_task(self._come_back(self.returning))
 
     async def open(self, url: str, timeout_s: float) -> None:
-        """Connect to `url` and wait until every channel is subscribed."""
+        """Connect to `url` and wait until every channel is subscribed, all within `timeout_s`
+        (SYNs sent again included), so that a client that cannot get in fails and is counted
+        before the coordinator stops waiting for its generator."""
         self.subscribed = asyncio.get_running_loop().create_future()
         self.close_code = 0
         started = time.monotonic_ns()
         try:
-            await ws_connect(
-                lambda: self,
-                url,  # type: ignore[misc]
-                websocket_handshake_timeout=timeout_s,
-                read_buffer_init_size=READ_BUFFER_BYTES,
-                # uvloop's own connect, in C: picows' default (aiofastnet's, in Python) took a
-                # quarter of a generator's CPU in a reconnect storm, CPU the servers share.
-                use_aiofastnet=False,
-            )
-            self.handshake_ns = time.monotonic_ns() - started
-            await asyncio.wait_for(self.subscribed, timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await ws_connect(
+                    lambda: self,
+                    url,  # type: ignore[misc]
+                    websocket_handshake_timeout=timeout_s,
+                    read_buffer_init_size=READ_BUFFER_BYTES,
+                    # uvloop's own connect, in C: picows' default (aiofastnet's, in Python) took
+                    # a quarter of a generator's CPU in a reconnect storm, CPU the servers share.
+                    use_aiofastnet=False,
+                )
+                self.handshake_ns = time.monotonic_ns() - started
+                await self.subscribed
         except BaseException:
             if self.transport is not None:
                 self.transport.disconnect(graceful=False)

@@ -23,6 +23,9 @@ __all__ = ["ConnectOutcome", "Swarm"]
 
 SPAWN = multiprocessing.get_context("spawn")
 JOIN_TIMEOUT_S = 10.0
+REPLY_SLACK_S = 15.0
+"""How much longer than its clients' own bound a generator may take to answer `connect`: its
+clients that could not get in are then counted as failed, not the run lost to a timeout."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +123,8 @@ class Swarm:
                 }
             )
             first += share
-        step_timeout = timeout_s * (1 + count // max(1, concurrency * len(self._handles)))
+        waves = 1 + count // max(1, concurrency * len(self._handles))
+        step_timeout = timeout_s * waves + REPLY_SLACK_S
         replies = await self._all(commands, step_timeout)
         self.clients = first
         active = [r for r in replies if r["ok"] + r["failed"] > 0]
