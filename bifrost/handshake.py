@@ -48,6 +48,9 @@ __all__ = [
 
 # Every refusal is of a `/subscribe` handshake, and logged where an operator looks for them.
 logger = logging.getLogger("bifrost.subscribe")
+# The library's own logger for its sockets, looked up once: left to it, every socket's parser
+# looks it up again (the logging module's lock and registry).
+LIBRARY_LOGGER = logging.getLogger("websockets.server")
 
 SocketFactory = Callable[[asyncio.Transport, ServerProtocol], asyncio.Protocol]
 P = TypeVar("P", bound=asyncio.Protocol)
@@ -84,7 +87,7 @@ def accept_upgrade(
     """The library's answer to an upgrade request of `path` with these headers (a 101, or why
     not), and the socket's frame parser; raises InvalidHeader for a value the library refuses."""
     # Made open: the request is read already, so the parser starts at the first frame.
-    ws = ServerProtocol(max_size=max_frame_bytes, state=State.OPEN)
+    ws = ServerProtocol(max_size=max_frame_bytes, state=State.OPEN, logger=LIBRARY_LOGGER)
     read = Headers(handshake_headers(headers))
     return ws, ws.accept(UpgradeRequest(path=path, headers=read))
 

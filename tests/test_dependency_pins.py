@@ -16,6 +16,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import jwt
 from jwt.algorithms import HMACAlgorithm
@@ -77,6 +78,21 @@ def test_token_verifier_replaces_hmac_in_its_own_registry_only():
     mine = verifier._jwt._jws._algorithms["HS512"]
     assert type(mine).__name__ == "_PreparedHMAC"
     assert type(jwt.PyJWT()._jws._algorithms["HS512"]) is HMACAlgorithm
+
+
+def test_pyjwt_decodes_the_payload_through_its_hook():
+    """`PyJWT._decode_payload` (pyjwt's hook for decoding the payload otherwise) is what
+    `decode` reads the claims with: `TokenVerifier` reads them with orjson there."""
+    decoded: list[object] = []
+
+    class Counting(jwt.PyJWT):
+        def _decode_payload(self, parts: dict[str, Any]) -> dict[str, Any]:
+            decoded.append(parts["payload"])
+            return super()._decode_payload(parts)
+
+    token = jwt.encode({"channels": ["a"]}, SECRET, algorithm="HS512")
+    assert Counting().decode(token, SECRET, algorithms=["HS512"]) == {"channels": ["a"]}
+    assert decoded == [b'{"channels":["a"]}']
 
 
 def test_sanic_http_protocol_slots_used_by_the_handover():

@@ -153,3 +153,28 @@ def test_each_rejection_says_its_kind(token, kind):
     """Every refusal carries one of a few kinds, whatever the token holds."""
     with rejected(kind):
         verifier().subscribe_channels(token)
+
+
+def sign_payload(payload: bytes) -> str:
+    """A token whose payload is these bytes exactly, signed as any other."""
+    return jwt.PyJWS().encode(payload, SECRET, "HS512")
+
+
+@pytest.mark.parametrize(
+    ("payload", "channels"),
+    [
+        (b'{"channels": ["a"], "n": 1180591620717411303424}', ["a"]),  # past 64 bits
+        (b'{"channels": ["a"], "f": NaN}', ["a"]),  # JSON's extension pyjwt reads
+        (b'{"channels": ["a"], "channels": ["b"]}', ["b"]),  # the last one, as pyjwt reads it
+        ('{"channels": ["a"]}'.encode("utf-16"), ["a"]),  # another encoding pyjwt detects
+    ],
+)
+def test_payloads_are_read_as_pyjwt_reads_them(payload, channels):
+    """The claims are read with orjson, and what orjson refuses is read as pyjwt reads it."""
+    assert verifier().subscribe_channels(sign_payload(payload)) == channels
+
+
+@pytest.mark.parametrize("payload", [b"[1]", b'"a"', b"{", b"\xff"])
+def test_payloads_that_are_no_object_are_malformed(payload):
+    with rejected(Rejection.MALFORMED, "^invalid token: Invalid payload string"):
+        verifier().subscribe_channels(sign_payload(payload))

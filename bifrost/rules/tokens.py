@@ -90,7 +90,7 @@ class TokenVerifier:
         self._algorithms = frozenset(algorithms)
         self._require_exp = require_exp
         self._max_channels = max_channels
-        self._jwt = jwt.PyJWT()
+        self._jwt = _FastPayloadPyJWT()
         # Each family of algorithms with the keys that verify it, HMAC first. A token is parsed
         # once in the common case: pyjwt checks its `alg` against the family before verifying.
         self._families = [
@@ -214,6 +214,21 @@ _HASHES = {
     "HS384": HMACAlgorithm.SHA384,
     "HS512": HMACAlgorithm.SHA512,
 }
+
+
+class _FastPayloadPyJWT(jwt.PyJWT):
+    """pyjwt reading the payload with orjson, through the hook it offers for decoding it
+    otherwise; anything orjson refuses (a number past 64 bits, a lone surrogate, another
+    encoding) is left to pyjwt's own decoding, which accepts or refuses it as it always did."""
+
+    def _decode_payload(self, decoded: dict[str, Any]) -> dict[str, Any]:
+        try:
+            payload = orjson.loads(decoded["payload"])
+        except orjson.JSONDecodeError:
+            return super()._decode_payload(decoded)
+        if not isinstance(payload, dict):
+            return super()._decode_payload(decoded)  # refused there, in pyjwt's words
+        return payload
 
 
 class _PreparedHMAC(HMACAlgorithm):
