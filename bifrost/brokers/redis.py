@@ -264,7 +264,7 @@ class RedisBroker(Broker):
                 async with asyncio.timeout(COMMAND_TIMEOUT):
                     copies, positions = await self._send_broadcast(envelope)
             except REDIS_FAILURES as error:
-                logger.warning("Redis did not take broadcast %s: %s", envelope.id, error)
+                logger.warning("Redis did not take broadcast %s: %s", envelope.id, _failure(error))
                 raise BrokerUnavailable("Redis did not take the message") from None
             pending.expect(copies)
             try:
@@ -410,7 +410,7 @@ class RedisBroker(Broker):
                 if not ask.answer.done():  # else its socket went meanwhile
                     ask.answer.set_result(snapshot)
         except (*REDIS_FAILURES, ValueError, StopIteration) as error:
-            logger.warning("history of %d channels not read: %s", channels, error)
+            logger.warning("history of %d channels not read: %s", channels, _failure(error))
         finally:
             del self._barriers[barrier]
             # Not read (Redis failed, or the broker stops): no recovering socket waits on.
@@ -428,7 +428,7 @@ class RedisBroker(Broker):
                 async with asyncio.timeout(COMMAND_TIMEOUT):
                     heartbeats = await self._other_nodes_heartbeats()
             except REDIS_FAILURES as error:
-                logger.warning("figures of the other nodes unavailable: %s", error)
+                logger.warning("figures of the other nodes unavailable: %s", _failure(error))
         return cluster_totals(self._figures(), heartbeats)
 
     async def _other_nodes_heartbeats(self) -> list[dict[bytes, bytes]]:
@@ -600,7 +600,7 @@ class RedisBroker(Broker):
                         pipe.publish(reply_channel, answer)
                     await pipe.execute()
             except REDIS_FAILURES as error:
-                logger.warning("%d answers to publishers lost: %s", len(batch), error)
+                logger.warning("%d answers to publishers lost: %s", len(batch), _failure(error))
             for _ in batch:
                 self._answers.task_done()
 
@@ -656,6 +656,12 @@ async def _cancelled(tasks: list[asyncio.Task[None]]) -> None:
         _, pending = await asyncio.wait(pending, timeout=CANCEL_RETRY_INTERVAL)
     if pending:
         logger.warning("stopping: %d Redis tasks did not end", len(pending))
+
+
+def _failure(error: Exception) -> str:
+    """What a failed command logs: its message, or its kind when it has none (a command over
+    its time bound raises a TimeoutError that says nothing)."""
+    return str(error) or type(error).__name__
 
 
 def _milliseconds(seconds: float) -> int:
